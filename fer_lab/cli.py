@@ -1,0 +1,64 @@
+"""The `fer-lab` command: one subcommand per stage, each a thin wrapper over the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from fer_lab.errors import FerLabError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fer_lab import runner
+
+    result = runner.run_pipeline(
+        data_dir=args.data,
+        params_files=args.params,
+        overrides=runner.parse_overrides(args.p),
+        only=args.only,
+        out_dir=args.out,
+    )
+    print(f"report: {result.index}")
+    print(f"mlflow: parent run {result.parent_run_id} in {result.tracking_uri}")
+    if not result.ok:
+        failed = next(nb for nb in result.notebooks if not nb.ok)
+        print(f"error: {failed.name} failed ({failed.error}); executed notebook: {failed.notebook}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="fer-lab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="execute the notebook pipeline with papermill, tracked in MLflow")
+    run.add_argument("--data", help="dataset path (default: the embedded sample, generated if missing)")
+    run.add_argument("--params", action="append", default=[], metavar="FILE.yaml", help="parameter file(s)")
+    run.add_argument("-p", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a parameter; NN_name.key=value for one notebook")
+    run.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (03 or 03_train)")
+    run.add_argument("--out", help="report folder (default: reports/<timestamp>-<dataset>)")
+    run.set_defaults(handler=_run)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: bad input ends with one line on stderr and exit code 2, not a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except FerLabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

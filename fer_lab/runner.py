@@ -1,0 +1,295 @@
+"""Run the notebook pipeline with papermill: parameters checked up front, every notebook tracked in MLflow."""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from fer_lab import project, tracking
+from fer_lab.errors import FerLabError
+
+SHARED_PARAMETERS = ("data_dir", "work_dir", "seed", "tracking_uri", "experiment", "parent_run_id")
+SUMMARY_DIR_NAME = "report_summary"
+
+
+@dataclass
+class NotebookResult:
+    """One executed notebook: where its copies are and how it went."""
+
+    name: str
+    notebook: Path
+    html: Path | None
+    ok: bool
+    seconds: float
+    run_id: str
+    error: str = ""
+
+
+@dataclass
+class PipelineResult:
+    """A whole pipeline run: its MLflow parent run, its report folder and each notebook's result."""
+
+    parent_run_id: str
+    report_dir: Path
+    tracking_uri: str
+    notebooks: list[NotebookResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.notebooks)
+
+    @property
+    def index(self) -> Path:
+        return self.report_dir / "index.html"
+
+
+def discover_notebooks(notebooks_dir: Path = project.NOTEBOOKS_DIR) -> list[Path]:
+    """The pipeline's notebooks, `NN_name.ipynb`, in their numbered order."""
+    return sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_notebooks(notebooks: list[Path], only: Iterable[str]) -> list[Path]:
+    """The notebooks named in `only`, by full name (`03_train`) or number (`03`), in pipeline order."""
+    wanted = set(only)
+    missing = wanted - {nb.stem for nb in notebooks} - {nb.stem.split("_")[0] for nb in notebooks}
+    if missing:
+        known = ", ".join(nb.stem for nb in notebooks)
+        raise FerLabError(f"--only {' '.join(sorted(missing))}: no such notebook ({known})")
+    return [nb for nb in notebooks if nb.stem in wanted or nb.stem.split("_")[0] in wanted]
+
+
+def declared_parameters(notebook: Path) -> dict[str, Any]:
+    """Names and defaults of the notebook's `parameters` cell."""
+    import papermill
+
+    return {name: spec["default"] for name, spec in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def load_params_files(files: Iterable[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Merge params YAML files (`shared:` and `notebooks: {name: {...}}`), later files winning."""
+    merged: dict[str, Any] = {"shared": {}, "notebooks": {}}
+    for file in files:
+        path = project.resolve(file)
+        if not path.is_file():
+            raise FerLabError(f"{file}: params file not found")
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise FerLabError(f"{file}: not valid YAML ({error})") from error
+        unknown = set(content) - {"shared", "notebooks", "description"}
+        if not isinstance(content, dict) or unknown:
+            raise FerLabError(f"{file}: expected top-level keys shared/notebooks, found {sorted(unknown)}")
+        merged["shared"].update(content.get("shared") or {})
+        for name, values in (content.get("notebooks") or {}).items():
+            merged["notebooks"].setdefault(name, {}).update(values or {})
+    return merged
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """Turn `key=value` / `NN_name.key=value` strings into a dict, values read as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FerLabError(f"-p {pair}: expected key=value")
+        overrides[key.strip()] = yaml.safe_load(value) if value else ""
+    return overrides
+
+
+def plan_parameters(
+    notebooks: list[Path], params: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each notebook's injected parameters; any name no notebook declares is an error, before anything runs."""
+    declared = {nb.stem: declared_parameters(nb) for nb in notebooks}
+    planned: dict[str, dict[str, Any]] = {name: {} for name in declared}
+    shared = dict(params.get("shared", {}))
+    scoped: dict[str, dict[str, Any]] = {k: dict(v) for k, v in params.get("notebooks", {}).items()}
+    for key, value in overrides.items():
+        name, dot, param = key.rpartition(".")
+        if dot:
+            scoped.setdefault(name, {})[param] = value
+        else:
+            shared[key] = value
+    for key, value in shared.items():
+        users = [name for name, names in declared.items() if key in names]
+        if not users:
+            raise FerLabError(f"unknown parameter '{key}': no notebook declares it")
+        for name in users:
+            planned[name][key] = value
+    for name, values in scoped.items():
+        if name not in declared:
+            raise FerLabError(f"unknown notebook '{name}' (notebooks: {', '.join(declared)})")
+        for key, value in values.items():
+            if key not in declared[name]:
+                raise FerLabError(
+                    f"unknown parameter '{key}' for {name} (it declares: {', '.join(declared[name])})"
+                )
+            planned[name][key] = value
+    return planned
+
+
+def _kernel_name() -> str:
+    """The project's registered kernel when present, else the kernel of this Python."""
+    from jupyter_client.kernelspec import find_kernel_specs
+
+    return "fer-lab" if "fer-lab" in find_kernel_specs() else "python3"
+
+
+def _export_html(notebook: Path) -> Path:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_filename(str(notebook))
+    target = notebook.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def _notebook_run_id(client: Any, experiment_id: str, parent_run_id: str, name: str) -> str:
+    """The MLflow run the notebook started under the parent, or a new one holding a notebook that never got there."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.notebook = '{name}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(
+        experiment_id, run_name=name,
+        tags={**tracking.base_tags(), "notebook": name, "mlflow.parentRunId": parent_run_id},
+    )
+    return run.info.run_id
+
+
+def run_pipeline(
+    data_dir: str | os.PathLike[str] | None = None,
+    params_files: Iterable[str | os.PathLike[str]] = (),
+    overrides: Mapping[str, Any] | None = None,
+    only: Iterable[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    log: Any = print,
+) -> PipelineResult:
+    """Execute the numbered notebooks in order, tracked under one MLflow parent run.
+
+    Stops at the first failing notebook; its executed copy (with the error) is kept and linked.
+    """
+    notebooks = discover_notebooks()
+    selected = select_notebooks(notebooks, only) if only else notebooks
+    params = load_params_files(params_files)
+    shared = params["shared"]
+    if data_dir is not None:
+        shared["data_dir"] = str(project.resolve(data_dir))
+    data_path = project.resolve(shared.get("data_dir", project.SAMPLE_DIR))
+    if data_path == project.SAMPLE_DIR:
+        from fer_lab.sample import ensure_sample
+
+        ensure_sample()
+    if not data_path.exists():
+        raise FerLabError(f"{data_path}: dataset not found")
+    shared["data_dir"] = str(data_path)
+    shared.setdefault("work_dir", str(project.WORK_DIR / data_path.name.removesuffix(".csv").removesuffix(".gz")))
+    uri = tracking.configure(shared.get("tracking_uri", ""))
+    shared["tracking_uri"] = uri
+    experiment = shared.setdefault("experiment", tracking.DEFAULT_EXPERIMENT)
+    shared["parent_run_id"] = ""
+    planned = plan_parameters(notebooks, params, overrides or {})
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = tracking.experiment_id(experiment, uri)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-{data_path.stem}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    summary_dir = project.resolve(shared["work_dir"]) / SUMMARY_DIR_NAME
+    shutil.rmtree(summary_dir, ignore_errors=True)
+    parent = client.create_run(
+        experiment_id, run_name=f"pipeline-{stamp}",
+        tags={**tracking.base_tags(), "pipeline": "true", "data_dir": str(data_path), **(tags or {})},
+    )
+    parent_id = parent.info.run_id
+    for key, value in shared.items():
+        if key not in ("tracking_uri", "parent_run_id"):
+            client.log_param(parent_id, key, str(value))
+    result = PipelineResult(parent_run_id=parent_id, report_dir=report_dir, tracking_uri=uri)
+    log(f"pipeline run {parent_id} -> {report_dir}")
+
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    kernel = _kernel_name()
+    for index, notebook in enumerate(selected, start=1):
+        name = notebook.stem
+        output = report_dir / notebook.name
+        parameters = {key: parent_id if key == "parent_run_id" else value for key, value in planned[name].items()}
+        log(f"[{index}/{len(selected)}] {name} ...")
+        started = time.perf_counter()
+        error = ""
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(output), parameters=parameters, kernel_name=kernel,
+                cwd=str(project.NOTEBOOKS_DIR), progress_bar=False,
+            )
+        except PapermillExecutionError as failure:
+            error = f"{failure.ename}: {failure.evalue}"
+        except Exception as failure:  # a kernel that died or never started still gets reported, not raised
+            error = f"{type(failure).__name__}: {failure}"
+        seconds = time.perf_counter() - started
+        html_path = _export_html(output) if output.exists() else None
+        run_id = _notebook_run_id(client, experiment_id, parent_id, name)
+        for artifact in (output, html_path):
+            if artifact is not None and artifact.exists():
+                client.log_artifact(run_id, str(artifact), "notebook")
+        tracking.finish_run(run_id, ok=not error)
+        result.notebooks.append(NotebookResult(name, output, html_path, not error, seconds, run_id, error))
+        log(f"    {'ok' if not error else 'FAILED'} in {seconds:.1f} s" + (f": {error}" if error else ""))
+        if error:
+            break
+    tracking.finish_run(parent_id, ok=result.ok)
+    write_index(result, summary_dir)
+    return result
+
+
+def write_index(result: PipelineResult, summary_dir: Path) -> Path:
+    """An index.html for reviewers: each notebook's status and links, then the summary figures and tables."""
+    rows = []
+    for nb in result.notebooks:
+        status = "ok" if nb.ok else f"FAILED: {html.escape(nb.error)}"
+        links = f'<a href="{nb.notebook.name}">ipynb</a>'
+        if nb.html is not None:
+            links = f'<a href="{nb.html.name}">{html.escape(nb.name)}</a> ({links})'
+        rows.append(f"<tr><td>{links}</td><td>{status}</td><td>{nb.seconds:.1f} s</td><td><code>{nb.run_id}</code></td></tr>")
+    summary = []
+    if summary_dir.is_dir():
+        for item in sorted(summary_dir.iterdir()):
+            if item.suffix == ".png":
+                shutil.copy2(item, result.report_dir / item.name)
+                summary.append(f'<figure><img src="{item.name}" style="max-width:720px"><figcaption>{item.stem}</figcaption></figure>')
+            elif item.suffix == ".html":
+                summary.append(item.read_text(encoding="utf-8"))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>fer-lab report {result.report_dir.name}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
+</head><body>
+<h1>fer-lab pipeline report</h1>
+<p>MLflow parent run <code>{result.parent_run_id}</code> in <code>{html.escape(result.tracking_uri)}</code>.
+Status: <b>{'ok' if result.ok else 'FAILED'}</b>.</p>
+<table><tr><th>notebook</th><th>status</th><th>time</th><th>MLflow run</th></tr>
+{''.join(rows)}
+</table>
+{''.join(summary)}
+</body></html>
+"""
+    result.index.write_text(page, encoding="utf-8")
+    return result.index
