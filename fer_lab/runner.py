@@ -104,27 +104,30 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return overrides
 
 
-def plan_parameters(
-    notebooks: list[Path], params: Mapping[str, Any], overrides: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """Each notebook's injected parameters; any name no notebook declares is an error, before anything runs."""
-    declared = {nb.stem: declared_parameters(nb) for nb in notebooks}
-    planned: dict[str, dict[str, Any]] = {name: {} for name in declared}
-    shared = dict(params.get("shared", {}))
-    scoped: dict[str, dict[str, Any]] = {k: dict(v) for k, v in params.get("notebooks", {}).items()}
+def apply_overrides(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Params with `key` overrides put in `shared` and `NN_name.key` overrides in that notebook's section."""
+    merged = {"shared": dict(params.get("shared", {})),
+              "notebooks": {name: dict(values) for name, values in params.get("notebooks", {}).items()}}
     for key, value in overrides.items():
         name, dot, param = key.rpartition(".")
         if dot:
-            scoped.setdefault(name, {})[param] = value
+            merged["notebooks"].setdefault(name, {})[param] = value
         else:
-            shared[key] = value
-    for key, value in shared.items():
+            merged["shared"][key] = value
+    return merged
+
+
+def plan_parameters(notebooks: list[Path], params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each notebook's injected parameters; any name no notebook declares is an error, before anything runs."""
+    declared = {nb.stem: declared_parameters(nb) for nb in notebooks}
+    planned: dict[str, dict[str, Any]] = {name: {} for name in declared}
+    for key, value in params.get("shared", {}).items():
         users = [name for name, names in declared.items() if key in names]
         if not users:
             raise FerLabError(f"unknown parameter '{key}': no notebook declares it")
         for name in users:
             planned[name][key] = value
-    for name, values in scoped.items():
+    for name, values in params.get("notebooks", {}).items():
         if name not in declared:
             raise FerLabError(f"unknown notebook '{name}' (notebooks: {', '.join(declared)})")
         for key, value in values.items():
@@ -175,15 +178,18 @@ def run_pipeline(
     only: Iterable[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     tags: Mapping[str, str] | None = None,
+    notebooks_dir: Path = project.NOTEBOOKS_DIR,
     log: Any = print,
 ) -> PipelineResult:
     """Execute the numbered notebooks in order, tracked under one MLflow parent run.
 
     Stops at the first failing notebook; its executed copy (with the error) is kept and linked.
     """
-    notebooks = discover_notebooks()
+    notebooks = discover_notebooks(notebooks_dir)
+    if not notebooks:
+        raise FerLabError(f"{notebooks_dir}: no NN_name.ipynb notebooks")
     selected = select_notebooks(notebooks, only) if only else notebooks
-    params = load_params_files(params_files)
+    params = apply_overrides(load_params_files(params_files), overrides or {})
     shared = params["shared"]
     if data_dir is not None:
         shared["data_dir"] = str(project.resolve(data_dir))
@@ -200,7 +206,7 @@ def run_pipeline(
     shared["tracking_uri"] = uri
     experiment = shared.setdefault("experiment", tracking.DEFAULT_EXPERIMENT)
     shared["parent_run_id"] = ""
-    planned = plan_parameters(notebooks, params, overrides or {})
+    planned = plan_parameters(notebooks, params)
 
     from mlflow.tracking import MlflowClient
 
@@ -239,7 +245,7 @@ def run_pipeline(
         try:
             papermill.execute_notebook(
                 str(notebook), str(output), parameters=parameters, kernel_name=kernel,
-                cwd=str(project.NOTEBOOKS_DIR), progress_bar=False,
+                cwd=str(notebooks_dir), progress_bar=False,
             )
         except PapermillExecutionError as failure:
             error = f"{failure.ename}: {failure.evalue}"

@@ -1,0 +1,41 @@
+# fer-lab: every target installs what it needs into .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fer-lab-installed
+DATA ?=
+PARAMS ?= $(if $(DATA),params/default.yaml,params/ci.yaml)
+export NO_ALBUMENTATIONS_UPDATE := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup demo test lab ui bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# face-recognition's metadata asks for `dlib` (a long source build); dlib-bin above provides it prebuilt.
+	$(BIN)/python -m pip install --quiet --no-deps "face-recognition==1.3.0"
+	$(BIN)/python -m ipykernel install --sys-prefix --name fer-lab --display-name "fer-lab (Python 3.11)" >/dev/null
+	touch $(STAMP)
+
+demo: setup  ## the whole notebook pipeline on the embedded sample, or DATA=path on a real dataset
+	$(BIN)/fer-lab run $(if $(DATA),--data $(DATA)) --params $(PARAMS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lab: setup
+	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser notebooks
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: setup  ## speed benchmarks; DATA=path to a real dataset (default ../shared/data/fer2013)
+	$(BIN)/python benchmarks/bench_faces.py --data $(or $(DATA),../shared/data/fer2013)
+	$(BIN)/python benchmarks/bench_train.py --data $(or $(DATA),../shared/data/fer2013)
+
+clean:
+	rm -rf reports data/work .pytest_cache

@@ -1,0 +1,100 @@
+"""The papermill runner: parameter checks before anything runs, tracking, and a failing notebook."""
+
+from pathlib import Path
+import mlflow
+import nbformat
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fer_lab import runner
+from fer_lab.errors import FerLabError
+
+
+
+def _notebook(path: Path, parameters: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+SHARED = 'data_dir = "data/sample"\nwork_dir = ""\nseed = 0\ntracking_uri = ""\nexperiment = "fer-lab"\nparent_run_id = ""\n'
+START = ('import mlflow\nfrom fer_lab import tracking\n'
+         'tracking.start_notebook_run("{name}", {{"seed": seed}}, tracking_uri=tracking_uri,'
+         ' experiment=experiment, parent_run_id=parent_run_id)\n')
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _notebook(notebooks / "01_first.ipynb", SHARED + "answer = 1\n",
+              START.format(name="01_first") + 'mlflow.log_metric("answer", answer)\n')
+    _notebook(notebooks / "02_second.ipynb", SHARED + "should_fail = False\n",
+              START.format(name="02_second") + 'if should_fail:\n    raise ValueError("planned failure")\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    return notebooks, data, f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+def _run(pipeline, tmp_path, **kwargs):
+    notebooks, data, uri = pipeline
+    overrides = {"tracking_uri": uri, "work_dir": str(tmp_path / "work"), **kwargs.pop("overrides", {})}
+    return runner.run_pipeline(data_dir=data, overrides=overrides, notebooks_dir=notebooks,
+                               out_dir=tmp_path / "report", log=lambda *_: None, **kwargs)
+
+
+def test_pipeline_tracks_parent_and_child_runs(pipeline, tmp_path):
+    result = _run(pipeline, tmp_path, overrides={"01_first.answer": 42})
+    assert result.ok
+    mlflow.set_tracking_uri(result.tracking_uri)
+    client = MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["pipeline"] == "true"
+    first = client.get_run(result.notebooks[0].run_id)
+    assert first.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert first.data.metrics["answer"] == 42
+    assert first.data.tags["git_commit"]
+    artifacts = {a.path for a in client.list_artifacts(first.info.run_id, "notebook")}
+    assert artifacts == {"notebook/01_first.ipynb", "notebook/01_first.html"}
+    index = result.index.read_text()
+    assert "01_first.html" in index and "02_second.html" in index
+
+
+def test_failing_notebook_stops_pipeline_and_marks_runs_failed(pipeline, tmp_path):
+    result = _run(pipeline, tmp_path, overrides={"02_second.should_fail": True})
+    assert not result.ok
+    failed = result.notebooks[-1]
+    assert failed.name == "02_second" and "planned failure" in failed.error
+    assert "planned failure" in failed.notebook.read_text()
+    client = MlflowClient(result.tracking_uri)
+    assert client.get_run(failed.run_id).info.status == "FAILED"
+    assert client.get_run(result.parent_run_id).info.status == "FAILED"
+    assert "FAILED" in result.index.read_text()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"no_such_param": 1}, "unknown parameter 'no_such_param'"),
+    ({"01_first.should_fail": True}, "unknown parameter 'should_fail' for 01_first"),
+    ({"09_missing.x": 1}, "unknown notebook '09_missing'"),
+])
+def test_unknown_parameters_fail_before_anything_runs(pipeline, tmp_path, overrides, message):
+    with pytest.raises(FerLabError, match=message):
+        _run(pipeline, tmp_path, overrides=overrides)
+    assert not (tmp_path / "report").exists()
+
+
+def test_only_selects_by_number_and_rejects_unknown_names(pipeline, tmp_path):
+    result = _run(pipeline, tmp_path, only=["02"])
+    assert [nb.name for nb in result.notebooks] == ["02_second"]
+    with pytest.raises(FerLabError, match="--only 07"):
+        _run(pipeline, tmp_path, only=["07"])
+
+
+def test_parse_overrides_reads_yaml_scalars():
+    assert runner.parse_overrides(["a=1", "03_train.lr=0.001", "flag=true", "name=x"]) == {
+        "a": 1, "03_train.lr": 0.001, "flag": True, "name": "x"}
+    with pytest.raises(FerLabError):
+        runner.parse_overrides(["novalue"])
