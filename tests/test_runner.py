@@ -1,6 +1,7 @@
 """The papermill runner: parameter checks before anything runs, tracking, and a failing notebook."""
 
 from pathlib import Path
+
 import mlflow
 import nbformat
 import pytest
