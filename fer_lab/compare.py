@@ -1,0 +1,254 @@
+"""Side-by-side comparison of training runs logged in MLflow, and McNemar's test between two of them.
+
+Runs are the training runs (tag `notebook=03_train`) that 04_evaluate has annotated with `test_*`
+metrics and a `predictions_<split>.csv` artifact; see `fer_lab.evaluate`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from fer_lab.errors import FerLabError
+from fer_lab.evaluate import metric_prefix
+
+TRAIN_NOTEBOOK = "03_train"
+SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece",
+                   "accuracy_without_leaked", "accuracy_tta", "tta_gain")
+# Below this many discordant pairs the chi-square approximation is poor, so the exact test is reported.
+EXACT_BELOW = 25
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """McNemar's test on paired correctness of two classifiers over the same images.
+
+    `only_a` counts images A gets right and B wrong; `only_b` the reverse. `chi2` uses Edwards'
+    continuity correction, (|b - c| - 1)^2 / (b + c), as statsmodels does; `exact_p_value` is the
+    two-sided binomial test of min(b, c) successes in b + c trials with p = 1/2.
+    """
+
+    both_correct: int
+    only_a: int
+    only_b: int
+    both_wrong: int
+    chi2: float
+    chi2_p_value: float
+    exact_p_value: float
+
+    @property
+    def n_images(self) -> int:
+        return self.both_correct + self.only_a + self.only_b + self.both_wrong
+
+    @property
+    def discordant(self) -> int:
+        return self.only_a + self.only_b
+
+    @property
+    def p_value(self) -> float:
+        """The exact p-value for few discordant pairs, the chi-square one otherwise."""
+        return self.exact_p_value if self.discordant < EXACT_BELOW else self.chi2_p_value
+
+    def table(self, names: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
+        """The 2x2 contingency table with readable row/column names."""
+        a, b = names
+        return pd.DataFrame([[self.both_correct, self.only_a], [self.only_b, self.both_wrong]],
+                            index=pd.Index([f"{a} correct", f"{a} wrong"], name=a),
+                            columns=pd.Index([f"{b} correct", f"{b} wrong"], name=b))
+
+    def summary(self, names: tuple[str, str] = ("A", "B")) -> str:
+        """One sentence a reader can quote."""
+        a, b = names
+        method = "exact binomial" if self.discordant < EXACT_BELOW else "chi-square, continuity-corrected"
+        return (f"{self.n_images} paired images: {a} alone right on {self.only_a}, {b} alone right on "
+                f"{self.only_b}; McNemar p = {self.p_value:.4g} ({method})")
+
+
+def mcnemar_from_table(both_correct: int, only_a: int, only_b: int, both_wrong: int) -> McNemarResult:
+    """McNemar's test from the four cells of a paired 2x2 table."""
+    cells = (both_correct, only_a, only_b, both_wrong)
+    if any(int(cell) != cell or cell < 0 for cell in cells):
+        raise FerLabError(f"McNemar table cells must be non-negative integers, got {cells}")
+    discordant = only_a + only_b
+    if discordant == 0:
+        chi2, chi2_p, exact_p = 0.0, 1.0, 1.0
+    else:
+        chi2 = (abs(only_a - only_b) - 1) ** 2 / discordant
+        chi2_p = float(stats.chi2.sf(chi2, df=1))
+        exact_p = float(stats.binomtest(min(only_a, only_b), discordant, 0.5).pvalue)
+    return McNemarResult(int(both_correct), int(only_a), int(only_b), int(both_wrong),
+                         float(chi2), chi2_p, exact_p)
+
+
+def mcnemar(predictions_a: pd.DataFrame, predictions_b: pd.DataFrame) -> McNemarResult:
+    """McNemar's test of two predictions frames, paired on `path` (images in only one are ignored).
+
+    Raises when the frames share no image or disagree on an image's true label (not the same test set).
+    """
+    paired = predictions_a[["path", "label", "pred"]].merge(
+        predictions_b[["path", "label", "pred"]], on="path", suffixes=("_a", "_b"), validate="one_to_one")
+    if paired.empty:
+        raise FerLabError("the two runs' predictions share no image path; they were not evaluated "
+                          "on the same split of the same dataset")
+    mismatched = paired[paired["label_a"] != paired["label_b"]]
+    if not mismatched.empty:
+        raise FerLabError(f"{len(mismatched)} images have different true labels in the two runs "
+                          f"(first: {mismatched['path'].iloc[0]}); they used different manifests")
+    right_a = (paired["pred_a"] == paired["label_a"]).to_numpy()
+    right_b = (paired["pred_b"] == paired["label_b"]).to_numpy()
+    return mcnemar_from_table(int((right_a & right_b).sum()), int((right_a & ~right_b).sum()),
+                              int((~right_a & right_b).sum()), int((~right_a & ~right_b).sum()))
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def parse_filter(text: str) -> dict[str, str]:
+    """`"a=1, b=x"` -> `{"a": "1", "b": "x"}`; the notebooks take filters as such strings."""
+    pairs = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FerLabError(f"filter item {item!r} is not key=value")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def find_runs(experiment: str, *, run_ids: Sequence[str] = (), parent_run_id: str = "",
+              tags: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None,
+              finished_only: bool = False, max_runs: int = 20) -> pd.DataFrame:
+    """Training runs of `experiment`, newest first, as `mlflow.search_runs` returns them.
+
+    `run_ids` picks runs explicitly (other filters ignored). Otherwise runs carry tag
+    `notebook=03_train` plus the given `tags` and `params`, and, when `parent_run_id` is set, are
+    children of that pipeline run.
+    """
+    if run_ids:
+        runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas",
+                                  filter_string=f"attributes.run_id IN ({', '.join(map(_quote, run_ids))})")
+        missing = sorted(set(run_ids) - set(runs["run_id"])) if not runs.empty else sorted(run_ids)
+        if missing:
+            raise FerLabError(f"runs {missing} are not in experiment {experiment!r}")
+        return runs.set_index("run_id").loc[list(run_ids)].reset_index()
+    clauses = [f"tags.notebook = {_quote(TRAIN_NOTEBOOK)}"]
+    clauses += [f"tags.`{key}` = {_quote(value)}" for key, value in (tags or {}).items()]
+    clauses += [f"params.`{key}` = {_quote(value)}" for key, value in (params or {}).items()]
+    if parent_run_id:
+        clauses.append(f"tags.`mlflow.parentRunId` = {_quote(parent_run_id)}")
+    if finished_only:
+        clauses.append("attributes.status = 'FINISHED'")
+    return mlflow.search_runs(experiment_names=[experiment], filter_string=" and ".join(clauses),
+                              order_by=["attributes.start_time DESC"], max_results=max_runs,
+                              output_format="pandas")
+
+
+def default_runs(experiment: str, parent_run_id: str = "", max_runs: int = 10) -> pd.DataFrame:
+    """The runs 05_compare compares when none are named: the training runs under `parent_run_id`
+    when there are at least two, else the experiment's latest finished training runs."""
+    if parent_run_id:
+        children = find_runs(experiment, parent_run_id=parent_run_id, max_runs=max_runs)
+        if len(children) >= 2:
+            return children
+    return find_runs(experiment, finished_only=True, max_runs=max_runs)
+
+
+def run_names(runs: pd.DataFrame) -> pd.Series:
+    """A short unique display name per run: its `variant` tag, else its run name, plus the id's head."""
+    names = []
+    for _, run in runs.iterrows():
+        base = run.get("tags.variant") or run.get("tags.mlflow.runName") or ""
+        base = "" if isinstance(base, float) else str(base)
+        names.append(f"{base} ({run['run_id'][:6]})" if base else run["run_id"][:8])
+    return pd.Series(names, index=runs.index, name="run")
+
+
+def comparison_table(runs: pd.DataFrame, split: str = "test", *, all_params: bool = False) -> pd.DataFrame:
+    """One row per run: the parameters that differ between runs (all of them with `all_params`
+    or a single run) and the summary metrics of `split`."""
+    names = run_names(runs)
+    param_columns = [column for column in runs.columns if column.startswith("params.")]
+    if not all_params and len(runs) > 1:
+        param_columns = [column for column in param_columns
+                         if runs[column].astype(str).nunique(dropna=False) > 1]
+    prefix = metric_prefix(split)
+    metric_columns = [f"metrics.{prefix}{name}" for name in SUMMARY_METRICS if f"metrics.{prefix}{name}" in runs]
+    table = runs[param_columns + metric_columns].copy()
+    table.columns = [column.split(".", 1)[1] for column in table.columns]
+    table.index = pd.Index(names, name="run")
+    table.insert(0, "run_id", runs["run_id"].to_numpy())
+    return table
+
+
+def metric_history(run_ids: Sequence[str], key: str, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Long table (run, step, value) of metric `key` over steps for each run; runs without it are skipped."""
+    client = mlflow.MlflowClient()
+    rows = []
+    for run_id, name in zip(run_ids, names if names is not None else run_ids):
+        for point in client.get_metric_history(run_id, key):
+            rows.append({"run": name, "step": point.step, "value": point.value})
+    return pd.DataFrame(rows, columns=["run", "step", "value"])
+
+
+def per_class_recall(runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Recall per class (rows, alphabetical like `data.CLASSES`) and run (columns) from the runs'
+    `<prefix>recall_<class>` metrics."""
+    marker = f"metrics.{metric_prefix(split)}recall_"
+    columns = sorted(column for column in runs.columns if column.startswith(marker))
+    table = runs[columns].T
+    table.index = pd.Index([column[len(marker):] for column in columns], name="class")
+    table.columns = run_names(runs).to_numpy()
+    return table.dropna(how="all")
+
+
+def recall_differences(recall: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Each run's per-class recall minus the baseline run's (column `baseline` of `per_class_recall`)."""
+    if baseline not in recall.columns:
+        raise FerLabError(f"baseline run {baseline!r} is not among the compared runs {list(recall.columns)}")
+    return recall.drop(columns=baseline).sub(recall[baseline], axis=0)
+
+
+def load_predictions(run_id: str, split: str = "test") -> pd.DataFrame:
+    """The per-image predictions 04_evaluate logged on `run_id` (artifact `predictions_<split>.csv`)."""
+    artifact = f"predictions_{split}.csv"
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=scratch)
+        except Exception as error:  # MLflow raises several types for a missing artifact
+            raise FerLabError(f"run {run_id} has no artifact {artifact}; run 04_evaluate on it first "
+                              f"({type(error).__name__})") from error
+        return pd.read_csv(Path(local), keep_default_na=False)
+
+
+def significance_stars(p_value: float) -> str:
+    """Conventional markers for a p-value (empty when not significant at 0.05)."""
+    if not math.isfinite(p_value):
+        return ""
+    return "***" if p_value < 0.001 else "**" if p_value < 0.01 else "*" if p_value < 0.05 else ""
+
+
+def pairwise_mcnemar(predictions: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """McNemar's test for every pair of runs (name -> predictions frame)."""
+    names = list(predictions)
+    rows = []
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            result = mcnemar(predictions[first], predictions[second])
+            rows.append({"run_a": first, "run_b": second, "images": result.n_images,
+                         "only_a_correct": result.only_a, "only_b_correct": result.only_b,
+                         "p_value": result.p_value, "significant": significance_stars(result.p_value)})
+    return pd.DataFrame(rows, columns=["run_a", "run_b", "images", "only_a_correct", "only_b_correct",
+                                       "p_value", "significant"])
+
+
+def accuracy_from_predictions(predictions: pd.DataFrame) -> float:
+    """Share of rows whose prediction equals the label."""
+    return float(np.mean(predictions["label"].to_numpy() == predictions["pred"].to_numpy()))

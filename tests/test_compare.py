@@ -1,0 +1,173 @@
+"""Run comparison: McNemar's test on known tables and frames, and MLflow queries on a real local store."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import pandas as pd
+import pytest
+
+from fer_lab import compare, tracking
+from fer_lab.errors import FerLabError
+
+
+def _exact_two_sided(b: int, c: int) -> float:
+    """Two-sided exact binomial p-value for min(b, c) of b + c at p = 1/2, by direct summation."""
+    n, k = b + c, min(b, c)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def _chi2_sf_1df(x: float) -> float:
+    """Chi-square survival function with one degree of freedom: P(Z^2 > x) = erfc(sqrt(x / 2))."""
+    return math.erfc(math.sqrt(x / 2))
+
+
+def test_mcnemar_agresti_presidential_approval() -> None:
+    # Agresti, Categorical Data Analysis, Table 10.1: approval at two surveys, 794/150/86/570.
+    # Uncorrected z^2 = (150 - 86)^2 / 236 = 17.36; corrected (|150 - 86| - 1)^2 / 236 = 16.82.
+    result = compare.mcnemar_from_table(794, 150, 86, 570)
+    assert (64 ** 2) / 236 == pytest.approx(17.36, abs=0.01)
+    assert result.chi2 == pytest.approx(63 ** 2 / 236)
+    assert result.chi2 == pytest.approx(16.82, abs=0.01)
+    assert result.chi2_p_value == pytest.approx(_chi2_sf_1df(63 ** 2 / 236))
+    assert result.exact_p_value == pytest.approx(_exact_two_sided(150, 86), rel=1e-9)
+    assert result.p_value == result.chi2_p_value  # 236 discordant pairs: the chi-square is used
+    assert result.n_images == 1600 and result.p_value < 0.001
+
+
+def test_mcnemar_small_table_uses_exact_test() -> None:
+    # b = 1, c = 9: exact two-sided p = 2 * (1 + 10) / 1024 = 0.021484375.
+    result = compare.mcnemar_from_table(20, 1, 9, 5)
+    assert result.exact_p_value == pytest.approx(22 / 1024)
+    assert result.p_value == result.exact_p_value
+    assert result.chi2 == pytest.approx((8 - 1) ** 2 / 10)
+    assert "exact binomial" in result.summary(("A", "B"))
+    table = result.table(("A", "B"))
+    assert table.loc["A correct", "B wrong"] == 1 and table.loc["A wrong", "B correct"] == 9
+
+
+def test_mcnemar_without_disagreement_is_not_significant() -> None:
+    result = compare.mcnemar_from_table(10, 0, 0, 3)
+    assert result.p_value == 1.0 and result.chi2 == 0.0
+
+
+def test_mcnemar_rejects_bad_cells() -> None:
+    with pytest.raises(FerLabError, match="non-negative"):
+        compare.mcnemar_from_table(1, -1, 2, 3)
+
+
+def _predictions(labels: list[str], preds: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"path": [f"img{i}.png" for i in range(len(labels))], "label": labels, "pred": preds})
+
+
+def test_mcnemar_pairs_images_by_path() -> None:
+    labels = ["a", "b", "c", "a", "b"]
+    run_a = _predictions(labels, ["a", "b", "c", "b", "c"])  # right on 0, 1, 2
+    run_b = _predictions(labels, ["a", "a", "a", "a", "c"])  # right on 0, 3
+    shuffled_b = run_b.iloc[::-1].reset_index(drop=True)
+    result = compare.mcnemar(run_a, shuffled_b)
+    assert (result.both_correct, result.only_a, result.only_b, result.both_wrong) == (1, 2, 1, 1)
+    assert result.exact_p_value == pytest.approx(1.0)
+
+
+def test_mcnemar_refuses_different_test_sets() -> None:
+    run_a = _predictions(["a", "b"], ["a", "b"])
+    relabelled = _predictions(["a", "c"], ["a", "b"])
+    with pytest.raises(FerLabError, match="different true labels"):
+        compare.mcnemar(run_a, relabelled)
+    elsewhere = run_a.assign(path=["x.png", "y.png"])
+    with pytest.raises(FerLabError, match="share no image"):
+        compare.mcnemar(run_a, elsewhere)
+
+
+def test_parse_filter() -> None:
+    assert compare.parse_filter("variant=b0, model = B2") == {"variant": "b0", "model": "B2"}
+    assert compare.parse_filter("") == {}
+    with pytest.raises(FerLabError, match="key=value"):
+        compare.parse_filter("variant")
+
+
+def test_recall_differences_against_baseline() -> None:
+    recall = pd.DataFrame({"base": [0.5, 0.8], "new": [0.6, 0.7]}, index=["fear", "sad"])
+    diff = compare.recall_differences(recall, "base")
+    assert list(diff.columns) == ["new"]
+    assert diff["new"].tolist() == pytest.approx([0.1, -0.1])
+    with pytest.raises(FerLabError, match="baseline"):
+        compare.recall_differences(recall, "missing")
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A real sqlite MLflow store with a pipeline parent, two evaluated training runs and an older one."""
+    uri = tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = "compare-test"
+    mlflow.set_experiment(experiment_id=tracking.experiment_id(experiment, uri))
+    labels = ["a", "b", "a", "b", "a", "b"]
+    runs = {}
+    with mlflow.start_run(run_name="older") as older:
+        mlflow.set_tag("notebook", "03_train")
+        mlflow.log_param("backbone", "B0")
+    runs["older"] = older.info.run_id
+    with mlflow.start_run(run_name="pipeline") as parent:
+        for name, backbone, preds in (("small", "B0", ["a", "b", "a", "a", "b", "b"]),
+                                      ("large", "B2", ["a", "b", "a", "b", "a", "b"])):
+            with mlflow.start_run(run_name=name, nested=True) as child:
+                mlflow.set_tags({"notebook": "03_train", "variant": name})
+                mlflow.log_params({"backbone": backbone, "epochs": 3})
+                for step, value in enumerate((0.3, 0.5, 0.6 if name == "small" else 0.8)):
+                    mlflow.log_metric("val_accuracy", value, step=step)
+                predictions = _predictions(labels, preds)
+                accuracy = compare.accuracy_from_predictions(predictions)
+                mlflow.log_metrics({"test_accuracy": accuracy, "test_recall_a": 1.0 if name == "large" else 2 / 3,
+                                    "test_recall_b": 1.0 if name == "large" else 2 / 3})
+                folder = tmp_path / name
+                folder.mkdir()
+                predictions.to_csv(folder / "predictions_test.csv", index=False)
+                mlflow.log_artifact(str(folder / "predictions_test.csv"))
+                runs[name] = child.info.run_id
+    return experiment, parent.info.run_id, runs
+
+
+def test_find_runs_filters(store) -> None:
+    experiment, parent, runs = store
+    children = compare.find_runs(experiment, parent_run_id=parent)
+    assert set(children["run_id"]) == {runs["small"], runs["large"]}
+    b2 = compare.find_runs(experiment, params={"backbone": "B2"})
+    assert b2["run_id"].tolist() == [runs["large"]]
+    tagged = compare.find_runs(experiment, tags={"variant": "small"})
+    assert tagged["run_id"].tolist() == [runs["small"]]
+    picked = compare.find_runs(experiment, run_ids=[runs["large"], runs["older"]])
+    assert picked["run_id"].tolist() == [runs["large"], runs["older"]]
+    with pytest.raises(FerLabError, match="not in experiment"):
+        compare.find_runs(experiment, run_ids=["0" * 32])
+
+
+def test_default_runs_fall_back_to_latest_finished(store) -> None:
+    experiment, parent, runs = store
+    assert set(compare.default_runs(experiment, parent)["run_id"]) == {runs["small"], runs["large"]}
+    fallback = compare.default_runs(experiment, "")
+    assert set(fallback["run_id"]) == set(runs.values())
+
+
+def test_table_curves_recall_and_mcnemar_from_store(store) -> None:
+    experiment, parent, runs = store
+    found = compare.find_runs(experiment, parent_run_id=parent)
+    table = compare.comparison_table(found)
+    assert "backbone" in table.columns and "epochs" not in table.columns  # only differing params
+    assert sorted(table["test_accuracy"].round(4)) == [round(4 / 6, 4), 1.0]
+    names = compare.run_names(found)
+    assert all(name.startswith(("small (", "large (")) for name in names)
+    history = compare.metric_history(found["run_id"].tolist(), "val_accuracy", names.tolist())
+    assert len(history) == 6 and history["value"].max() == pytest.approx(0.8)
+    recall = compare.per_class_recall(found)
+    assert list(recall.index) == ["a", "b"] and len(recall.columns) == 2
+    small = compare.load_predictions(runs["small"])
+    large = compare.load_predictions(runs["large"])
+    assert compare.accuracy_from_predictions(small) == pytest.approx(4 / 6)
+    result = compare.mcnemar(large, small)
+    assert (result.only_a, result.only_b) == (2, 0)
+    pairwise = compare.pairwise_mcnemar({"small": small, "large": large})
+    assert pairwise.loc[0, "only_b_correct"] == 2
+    with pytest.raises(FerLabError, match="04_evaluate"):
+        compare.load_predictions(runs["older"])
