@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import os
 import shutil
 import time
@@ -13,11 +12,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from fer_lab import project, tracking
+from fer_lab import project, report, tracking
 from fer_lab.errors import FerLabError
 
 SHARED_PARAMETERS = ("data_dir", "work_dir", "seed", "tracking_uri", "experiment", "parent_run_id")
-SUMMARY_DIR_NAME = "report_summary"
 
 
 @dataclass
@@ -215,7 +213,7 @@ def run_pipeline(
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-{data_path.stem}"
     report_dir.mkdir(parents=True, exist_ok=True)
-    summary_dir = project.resolve(shared["work_dir"]) / SUMMARY_DIR_NAME
+    summary_dir = report.summary_dir(project.resolve(shared["work_dir"]))
     shutil.rmtree(summary_dir, ignore_errors=True)
     parent = client.create_run(
         experiment_id, run_name=f"pipeline-{stamp}",
@@ -263,39 +261,5 @@ def run_pipeline(
         if error:
             break
     tracking.finish_run(parent_id, ok=result.ok)
-    write_index(result, summary_dir)
+    report.write_index(result, summary_dir)
     return result
-
-
-def write_index(result: PipelineResult, summary_dir: Path) -> Path:
-    """An index.html for reviewers: each notebook's status and links, then the summary figures and tables."""
-    rows = []
-    for nb in result.notebooks:
-        status = "ok" if nb.ok else f"FAILED: {html.escape(nb.error)}"
-        links = f'<a href="{nb.notebook.name}">ipynb</a>'
-        if nb.html is not None:
-            links = f'<a href="{nb.html.name}">{html.escape(nb.name)}</a> ({links})'
-        rows.append(f"<tr><td>{links}</td><td>{status}</td><td>{nb.seconds:.1f} s</td><td><code>{nb.run_id}</code></td></tr>")
-    summary = []
-    if summary_dir.is_dir():
-        for item in sorted(summary_dir.iterdir()):
-            if item.suffix == ".png":
-                shutil.copy2(item, result.report_dir / item.name)
-                summary.append(f'<figure><img src="{item.name}" style="max-width:720px"><figcaption>{item.stem}</figcaption></figure>')
-            elif item.suffix == ".html":
-                summary.append(item.read_text(encoding="utf-8"))
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>fer-lab report {result.report_dir.name}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
-</head><body>
-<h1>fer-lab pipeline report</h1>
-<p>MLflow parent run <code>{result.parent_run_id}</code> in <code>{html.escape(result.tracking_uri)}</code>.
-Status: <b>{'ok' if result.ok else 'FAILED'}</b>.</p>
-<table><tr><th>notebook</th><th>status</th><th>time</th><th>MLflow run</th></tr>
-{''.join(rows)}
-</table>
-{''.join(summary)}
-</body></html>
-"""
-    result.index.write_text(page, encoding="utf-8")
-    return result.index
