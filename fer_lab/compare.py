@@ -7,8 +7,10 @@ metrics and a `predictions_<split>.csv` artifact; see `fer_lab.evaluate`.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from fer_lab.evaluate import metric_prefix
 TRAIN_NOTEBOOK = "03_train"
 SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece",
                    "accuracy_without_leaked", "accuracy_tta", "tta_gain")
+PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 # Below this many discordant pairs the chi-square approximation is poor, so the exact test is reported.
 EXACT_BELOW = 25
 
@@ -153,12 +156,30 @@ def find_runs(experiment: str, *, run_ids: Sequence[str] = (), parent_run_id: st
 
 def default_runs(experiment: str, parent_run_id: str = "", max_runs: int = 10) -> pd.DataFrame:
     """The runs 05_compare compares when none are named: the training runs under `parent_run_id`
-    when there are at least two, else the experiment's latest finished training runs."""
+    when there are at least two, else the experiment's latest finished training runs on the same
+    dataset as the pipeline (its `dataset_fingerprint` tag), or on any dataset without one."""
+    tags = {}
     if parent_run_id:
         children = find_runs(experiment, parent_run_id=parent_run_id, max_runs=max_runs)
         if len(children) >= 2:
             return children
-    return find_runs(experiment, finished_only=True, max_runs=max_runs)
+        fingerprint = mlflow.MlflowClient().get_run(parent_run_id).data.tags.get("dataset_fingerprint")
+        tags = {"dataset_fingerprint": fingerprint} if fingerprint else {}
+    return find_runs(experiment, tags=tags, finished_only=True, max_runs=max_runs)
+
+
+def resolve_training_run(experiment: str, parent_run_id: str = "", run_id: str = "") -> str:
+    """The training run to evaluate: `run_id` when given, else the 03_train run under `parent_run_id`,
+    else the experiment's latest finished 03_train run."""
+    if run_id:
+        return run_id
+    runs = find_runs(experiment, parent_run_id=parent_run_id, max_runs=1) if parent_run_id else pd.DataFrame()
+    if runs.empty:
+        runs = find_runs(experiment, finished_only=True, max_runs=1)
+    if runs.empty:
+        raise FerLabError(f"experiment {experiment!r} has no finished {TRAIN_NOTEBOOK} run to evaluate; "
+                          f"run {TRAIN_NOTEBOOK} first or pass model_run_id")
+    return str(runs["run_id"].iloc[0])
 
 
 def run_names(runs: pd.DataFrame) -> pd.Series:
@@ -169,6 +190,17 @@ def run_names(runs: pd.DataFrame) -> pd.Series:
         base = "" if isinstance(base, float) else str(base)
         names.append(f"{base} ({run['run_id'][:6]})" if base else run["run_id"][:8])
     return pd.Series(names, index=runs.index, name="run")
+
+
+def baseline_name(runs: pd.DataFrame, baseline_run_id: str = "") -> str:
+    """Display name of the baseline run: `baseline_run_id`'s, else the first run's."""
+    names = run_names(runs)
+    if not baseline_run_id:
+        return str(names.iloc[0])
+    matches = names[(runs["run_id"] == baseline_run_id).to_numpy()]
+    if matches.empty:
+        raise FerLabError(f"baseline run {baseline_run_id} is not among the compared runs")
+    return str(matches.iloc[0])
 
 
 def comparison_table(runs: pd.DataFrame, split: str = "test", *, all_params: bool = False) -> pd.DataFrame:
@@ -216,10 +248,24 @@ def recall_differences(recall: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return recall.drop(columns=baseline).sub(recall[baseline], axis=0)
 
 
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """Hide MLflow's per-download progress bar, which fills notebook outputs with noise."""
+    previous = os.environ.get(PROGRESS_BAR_VARIABLE)
+    os.environ[PROGRESS_BAR_VARIABLE] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_BAR_VARIABLE, None)
+        else:
+            os.environ[PROGRESS_BAR_VARIABLE] = previous
+
+
 def load_predictions(run_id: str, split: str = "test") -> pd.DataFrame:
     """The per-image predictions 04_evaluate logged on `run_id` (artifact `predictions_<split>.csv`)."""
     artifact = f"predictions_{split}.csv"
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, _quiet_downloads():
         try:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=scratch)
         except Exception as error:  # MLflow raises several types for a missing artifact

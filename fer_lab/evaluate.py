@@ -8,12 +8,16 @@ from the artifact alone (05_compare does, for McNemar's test).
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import Metric
 from sklearn import metrics as skm
 
 from fer_lab.errors import FerLabError
@@ -260,3 +264,15 @@ def flat_metrics(predictions: pd.DataFrame, labels: Sequence[str], prefix: str =
     for label, value in classwise_ece(predictions, labels).items():
         flat[f"{prefix}ece_{label}"] = value
     return {name: value for name, value in flat.items() if np.isfinite(value)}
+
+
+def record_on_training_run(run_id: str, metrics: dict[str, float], artifacts: Sequence[str | Path] = ()) -> None:
+    """Copy evaluation metrics and files onto the evaluated training run (it may already be finished),
+    so that 05_compare finds test numbers and predictions next to the parameters that produced them."""
+    client = mlflow.MlflowClient()
+    stamp = int(time.time() * 1000)
+    batch = [Metric(key, float(value), stamp, 0) for key, value in metrics.items() if np.isfinite(value)]
+    for start in range(0, len(batch), 500):  # MLflow's per-request metric limit is 1000
+        client.log_batch(run_id, metrics=batch[start:start + 500])
+    for artifact in artifacts:
+        client.log_artifact(run_id, str(artifact))
