@@ -1,0 +1,231 @@
+"""Experiment sets: run the pipeline once per variant, then compare the variants in 05_compare.
+
+An experiment file (`params/experiments/*.yaml`) looks like:
+
+```yaml
+description: What question the set answers.
+params: [params/ci.yaml]        # optional params files for every variant (before --params)
+overrides:                      # optional overrides for every variant, keys as `fer-lab run -p`
+  03_train.epochs: 4
+notebooks: [01, 02, 03, 04]     # optional; the notebooks each variant runs (default: all before 05)
+baseline: unfiltered            # optional; the variant 05_compare measures the others against
+variants:                       # two or more, name -> overrides (may be empty: {})
+  unfiltered: {02_filter_faces.apply_filter: false}
+  filtered: {02_filter_faces.apply_filter: true}
+```
+
+Override keys are `name` (shared by every notebook declaring it) or `NN_notebook.name`, exactly as
+`fer-lab run -p KEY=VALUE`; precedence is params files < `overrides` < the variant < command-line `-p`.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fer_lab import project
+from fer_lab.errors import FerLabError
+
+COMPARE_NOTEBOOK = "05_compare"
+TRAIN_NOTEBOOK = "03_train"
+EXPERIMENTS_DIR = project.PARAMS_DIR / "experiments"
+_KEYS = {"description", "params", "overrides", "notebooks", "baseline", "variants"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ExperimentSet:
+    """A parsed experiment file."""
+
+    name: str
+    description: str
+    params_files: tuple[str, ...]
+    overrides: dict[str, Any]
+    notebooks: tuple[str, ...]
+    baseline: str
+    variants: dict[str, dict[str, Any]]
+
+
+@dataclass
+class ExperimentResult:
+    """Every variant's pipeline result, the comparison pipeline's result and the experiment's report folder."""
+
+    experiment: ExperimentSet
+    report_dir: Path
+    variants: dict[str, Any] = field(default_factory=dict)
+    training_runs: dict[str, str] = field(default_factory=dict)
+    compare: Any = None
+
+    @property
+    def ok(self) -> bool:
+        pipelines = [*self.variants.values(), *([self.compare] if self.compare is not None else [])]
+        return bool(pipelines) and all(result.ok for result in pipelines) and self.compare is not None
+
+    @property
+    def index(self) -> Path:
+        return self.report_dir / "index.html"
+
+
+def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
+    """Parse and check an experiment file; a name relative to nothing is looked up in params/experiments/."""
+    path = project.resolve(file)
+    if not path.is_file() and (EXPERIMENTS_DIR / Path(file).name).is_file():
+        path = EXPERIMENTS_DIR / Path(file).name
+    if not path.is_file() and (EXPERIMENTS_DIR / f"{Path(file).name}.yaml").is_file():
+        path = EXPERIMENTS_DIR / f"{Path(file).name}.yaml"
+    if not path.is_file():
+        raise FerLabError(f"{file}: experiment file not found (sets live in {EXPERIMENTS_DIR})")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise FerLabError(f"{file}: not valid YAML ({error})") from error
+    if not isinstance(content, dict):
+        raise FerLabError(f"{file}: expected a mapping with a 'variants' key")
+    unknown = sorted(set(content) - _KEYS)
+    if unknown:
+        raise FerLabError(f"{file}: unknown keys {unknown} (allowed: {sorted(_KEYS)})")
+    variants = content.get("variants")
+    if not isinstance(variants, dict) or len(variants) < 2:
+        raise FerLabError(f"{file}: 'variants' must map at least two variant names to overrides")
+    for name, overrides in variants.items():
+        if not _NAME.match(str(name)):
+            raise FerLabError(f"{file}: variant name {name!r} must be letters, digits, '_', '-' or '.'")
+        if overrides is not None and not isinstance(overrides, dict):
+            raise FerLabError(f"{file}: variant {name!r} must map override keys to values")
+    baseline = str(content.get("baseline") or next(iter(variants)))
+    if baseline not in variants:
+        raise FerLabError(f"{file}: baseline {baseline!r} is not a variant ({', '.join(map(str, variants))})")
+    overrides = content.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise FerLabError(f"{file}: 'overrides' must map override keys to values")
+    params = content.get("params") or []
+    if isinstance(params, str):
+        params = [params]
+    return ExperimentSet(
+        name=path.stem,
+        description=str(content.get("description") or ""),
+        params_files=tuple(map(str, params)),
+        overrides={str(key): value for key, value in overrides.items()},
+        notebooks=tuple(str(item).zfill(2) if isinstance(item, int) else str(item)
+                        for item in content.get("notebooks") or ()),
+        baseline=baseline,
+        variants={str(name): {str(k): v for k, v in (values or {}).items()} for name, values in variants.items()},
+    )
+
+
+def variant_notebooks(experiment: ExperimentSet, available: Iterable[Path]) -> list[str]:
+    """The notebooks each variant runs: the file's list, else every notebook numbered before 05_compare."""
+    if experiment.notebooks:
+        return list(experiment.notebooks)
+    return [nb.stem for nb in available if nb.stem < COMPARE_NOTEBOOK]
+
+
+def training_run_of(pipeline_run_id: str, experiment_name: str) -> str:
+    """The 03_train run created under a pipeline's parent run ("" when the pipeline did not get there)."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_names=[experiment_name], output_format="list",
+        filter_string=f"tags.`mlflow.parentRunId` = '{pipeline_run_id}' and tags.notebook = '{TRAIN_NOTEBOOK}'")
+    return runs[0].info.run_id if runs else ""
+
+
+def run_experiment(
+    file: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    params_files: Iterable[str | os.PathLike[str]] = (),
+    overrides: Mapping[str, Any] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    notebooks_dir: Path = project.NOTEBOOKS_DIR,
+    log: Any = print,
+) -> ExperimentResult:
+    """Run every variant of an experiment file through the pipeline, then 05_compare over their training runs.
+
+    A failing variant does not stop the others; the comparison covers the variants that produced a
+    training run. Each training run is tagged `experiment_set=<file stem>` and `variant=<name>`.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from fer_lab import runner
+
+    experiment = load_experiment(file)
+    user_overrides = dict(overrides or {})
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-experiment-{experiment.name}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    files = [*experiment.params_files, *params_files]
+    notebooks = variant_notebooks(experiment, runner.discover_notebooks(notebooks_dir))
+    result = ExperimentResult(experiment, report_dir)
+    log(f"experiment {experiment.name}: {len(experiment.variants)} variants -> {report_dir}")
+    for name, variant in experiment.variants.items():
+        log(f"== variant {name}")
+        pipeline = runner.run_pipeline(
+            data_dir=data_dir, params_files=files,
+            overrides={**experiment.overrides, **variant, **user_overrides},
+            only=notebooks, out_dir=report_dir / name, notebooks_dir=notebooks_dir, log=log,
+            tags={"experiment_set": experiment.name, "variant": name})
+        result.variants[name] = pipeline
+        experiment_name = _experiment_name(pipeline)
+        training_run = training_run_of(pipeline.parent_run_id, experiment_name)
+        if training_run:
+            MlflowClient().set_tag(training_run, "experiment_set", experiment.name)
+            MlflowClient().set_tag(training_run, "variant", name)
+            result.training_runs[name] = training_run
+    if len(result.training_runs) >= 2:
+        baseline = experiment.baseline if experiment.baseline in result.training_runs else next(iter(result.training_runs))
+        log("== comparison")
+        result.compare = runner.run_pipeline(
+            data_dir=data_dir, params_files=files,
+            overrides={**experiment.overrides, **user_overrides,
+                       f"{COMPARE_NOTEBOOK}.run_ids": ",".join(result.training_runs.values()),
+                       f"{COMPARE_NOTEBOOK}.baseline_run_id": result.training_runs[baseline]},
+            only=[COMPARE_NOTEBOOK], out_dir=report_dir / "compare", notebooks_dir=notebooks_dir, log=log,
+            tags={"experiment_set": experiment.name})
+    else:
+        log(f"only {len(result.training_runs)} variant(s) produced a training run: no comparison")
+    write_experiment_index(result)
+    return result
+
+
+def _experiment_name(pipeline: Any) -> str:
+    """The MLflow experiment a pipeline ran in, read back from its parent run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    return client.get_experiment(client.get_run(pipeline.parent_run_id).info.experiment_id).name
+
+
+def write_experiment_index(result: ExperimentResult) -> Path:
+    """A small index.html linking each variant's pipeline report and the comparison report."""
+    rows = []
+    for name, pipeline in result.variants.items():
+        link = os.path.relpath(pipeline.index, result.report_dir)
+        status = "ok" if pipeline.ok else "FAILED"
+        run = result.training_runs.get(name, "(no training run)")
+        rows.append(f'<tr><td><a href="{html.escape(link)}">{html.escape(name)}</a></td>'
+                    f"<td>{status}</td><td><code>{html.escape(run)}</code></td></tr>")
+    comparison = (f'<p><a href="{html.escape(os.path.relpath(result.compare.index, result.report_dir))}">'
+                  f"Comparison report (05_compare)</a></p>" if result.compare is not None
+                  else "<p>No comparison: fewer than two variants produced a training run.</p>")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>fer-lab experiment {html.escape(result.experiment.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
+</head><body>
+<h1>Experiment set {html.escape(result.experiment.name)}</h1>
+<p>{html.escape(result.experiment.description)}</p>
+{comparison}
+<table><tr><th>variant</th><th>pipeline</th><th>training run</th></tr>
+{''.join(rows)}
+</table>
+</body></html>
+"""
+    result.index.write_text(page, encoding="utf-8")
+    return result.index
