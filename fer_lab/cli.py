@@ -14,6 +14,8 @@ Handler = Callable[[argparse.Namespace], int]
 def _run(args: argparse.Namespace) -> int:
     from fer_lab import runner
 
+    if args.experiment:
+        return _run_experiment(args)
     result = runner.run_pipeline(
         data_dir=args.data,
         params_files=args.params,
@@ -30,6 +32,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_experiment(args: argparse.Namespace) -> int:
+    from fer_lab import experiments, runner
+
+    if args.only:
+        raise FerLabError("--only cannot be combined with --experiment: the experiment file lists the notebooks")
+    outcome = experiments.run_experiment(
+        args.experiment, data_dir=args.data, params_files=args.params,
+        overrides=runner.parse_overrides(args.p), out_dir=args.out,
+    )
+    print(f"report: {outcome.index}")
+    failed = [name for name, result in outcome.variants.items() if not result.ok]
+    if failed or not outcome.ok:
+        print(f"error: experiment {outcome.experiment.name} incomplete; failed variants: "
+              f"{', '.join(failed) or 'none'}; comparison: {'ran' if outcome.compare else 'not run'}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="fer-lab", description=__doc__)
@@ -42,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a parameter; NN_name.key=value for one notebook")
     run.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (03 or 03_train)")
     run.add_argument("--out", help="report folder (default: reports/<timestamp>-<dataset>)")
+    run.add_argument("--experiment", metavar="FILE.yaml",
+                     help="run every variant of an experiment set (params/experiments/NAME.yaml), then 05_compare")
     run.set_defaults(handler=_run)
 
     return parser
