@@ -1,0 +1,436 @@
+"""Apply a trained model to photos: find faces, crop them as FER2013 frames them, classify in batches.
+
+A full-size photo is not a 48x48 FER image: faces are anywhere, at any size. dlib's HOG detector
+(the one `fer_lab.faces` uses on FER images) finds faces of about 80 pixels and up in the image
+it is given, so a large photo is downscaled to at most `max_side` pixels before detection and the
+boxes are mapped back to the original. Each face is then cut from the full-resolution grayscale
+image as a square framed like a FER2013 image (see CROP_SCALE) and converted with
+`preprocess.to_model_input`, the function training's pixel loading uses, so the model sees
+pixels prepared exactly as in training.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from fer_lab import preprocess
+from fer_lab.data import CLASSES, IMAGE_EXTENSIONS
+from fer_lab.errors import FerLabError
+
+# A dlib HOG box covers about 1/1.2 of a FER2013 image's side, with its centre 6% of the box side
+# below the image centre (medians over 1,172 detected FER2013 training images). Crops are framed
+# the same way, so the model sees faces at the scale and position it was trained on.
+CROP_SCALE = 1.2
+CROP_RAISE = 0.06
+# The smallest face (in detection-image pixels) dlib's HOG detector finds without upsampling.
+HOG_MIN_FACE = 80
+# Larger images are refused rather than decoded: 100 Mpx is several times any camera's output.
+MAX_PIXELS = 100_000_000
+BOX_COLUMNS = ("x0", "y0", "x1", "y1")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_RUNS_URI = re.compile(r"^runs:/([0-9a-f]{32})/model/?$")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """How faces are found in a full-size image.
+
+    `max_side`: the detector sees the image downscaled so its longer side is at most this many
+    pixels (never upscaled); faces smaller than about HOG_MIN_FACE / scale pixels are missed.
+    `upsample`: dlib pyramid upsampling (each step finds faces half as small, at ~4x the time).
+    `threshold`: minimum HOG score (dlib's own default is 0).
+    """
+
+    max_side: int = 1024
+    upsample: int = 0
+    threshold: float = 0.0
+    model: Literal["hog", "cnn"] = "hog"
+
+    def __post_init__(self) -> None:
+        if self.model not in ("hog", "cnn"):
+            raise FerLabError(f"detector model must be hog or cnn, not {self.model!r}")
+        if not 64 <= self.max_side <= 8192:
+            raise FerLabError(f"detector max_side must be between 64 and 8192 pixels, not {self.max_side}")
+        if not 0 <= self.upsample <= 2:
+            raise FerLabError(f"detector upsample must be 0, 1 or 2, not {self.upsample}")
+
+    def min_face(self, height: int, width: int) -> float:
+        """The smallest face (in original pixels) this configuration can find in a height x width image."""
+        scale = min(1.0, self.max_side / max(height, width)) * 2**self.upsample
+        return HOG_MIN_FACE / scale
+
+
+class FaceDetector:
+    """dlib's frontal face detector on a downscaled copy of the image, boxes in original pixels."""
+
+    def __init__(self, config: DetectorConfig = DetectorConfig()) -> None:
+        import dlib
+
+        self.config = config
+        if config.model == "hog":
+            self._hog = dlib.get_frontal_face_detector()
+        else:
+            import face_recognition_models
+
+            self._cnn = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+
+    def __call__(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (K, 4) as x0, y0, x1, y1 in `gray`'s pixels and their scores (K,), best first."""
+        height, width = gray.shape
+        scale = min(1.0, self.config.max_side / max(height, width))
+        small = gray
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+        if self.config.model == "hog":
+            rects, scores, _ = self._hog.run(small, self.config.upsample, self.config.threshold)
+        else:
+            found = self._cnn(small, self.config.upsample)
+            rects, scores = [d.rect for d in found], [d.confidence for d in found]
+        if not len(rects):
+            return np.zeros((0, 4)), np.zeros(0)
+        boxes = np.array([[r.left(), r.top(), r.right(), r.bottom()] for r in rects], dtype=float)
+        # dlib boxes may reach past the border; x1/y1 are inclusive pixel indices, hence +1.
+        boxes[:, 2:] += 1
+        boxes = boxes * (np.array([width, height, width, height]) / np.array(small.shape[::-1] * 2))
+        boxes = np.clip(boxes, 0, [width, height, width, height])
+        order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+        return boxes[order], np.asarray(scores, dtype=float)[order]
+
+
+def face_square(box: Sequence[float], scale: float = CROP_SCALE, raise_: float = CROP_RAISE) -> tuple[int, int, int]:
+    """The square crop (left, top, side) framing a detected face box like a FER2013 image."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0)
+    crop = max(1, round(side * scale))
+    centre_x, centre_y = (x0 + x1) / 2, (y0 + y1) / 2 - raise_ * side
+    return round(centre_x - crop / 2), round(centre_y - crop / 2), crop
+
+
+def crop_face(gray: np.ndarray, box: Sequence[float], scale: float = CROP_SCALE, raise_: float = CROP_RAISE) -> np.ndarray:
+    """The square around a face box, with borders replicated where it reaches past the image."""
+    left, top, side = face_square(box, scale, raise_)
+    height, width = gray.shape
+    pad_left, pad_top = max(0, -left), max(0, -top)
+    pad_right, pad_bottom = max(0, left + side - width), max(0, top + side - height)
+    inside = gray[max(0, top):min(height, top + side), max(0, left):min(width, left + side)]
+    if not (pad_left or pad_top or pad_right or pad_bottom):
+        return inside
+    if inside.size == 0:
+        raise FerLabError(f"face box {tuple(round(v) for v in box)} lies outside the {width}x{height} image")
+    return np.pad(inside, ((pad_top, pad_bottom), (pad_left, pad_right)), mode="edge")
+
+
+def face_inputs(gray: np.ndarray, boxes: np.ndarray, size: int = preprocess.MODEL_SIZE,
+                scale: float = CROP_SCALE, raise_: float = CROP_RAISE) -> np.ndarray:
+    """Model inputs (K, size, size) uint8 for the faces at `boxes`, via `preprocess.to_model_input`."""
+    out = np.empty((len(boxes), size, size), dtype=np.uint8)
+    for index, box in enumerate(boxes):
+        out[index] = preprocess.to_model_input(crop_face(gray, box, scale, raise_), size)
+    return out
+
+
+def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file as 2-D uint8 grayscale (`preprocess.to_gray`), upright per its EXIF orientation.
+
+    Raises FerLabError naming the file when it cannot be decoded or has more than `max_pixels`.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise FerLabError(_too_large(path, width, height, max_pixels))
+                return preprocess.to_gray(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as error:
+        sizes = re.findall(r"\d+", str(error))
+        pixels = f"{int(sizes[0]) / 1e6:.0f} Mpx" if sizes else "too many pixels"
+        raise FerLabError(f"{path}: image is too large to read ({pixels}; the limit is {max_pixels / 1e6:.0f} Mpx)") from error
+    except FileNotFoundError as error:
+        raise FerLabError(f"{path}: no such file") from error
+    except Image.UnidentifiedImageError as error:
+        raise FerLabError(f"{path}: not an image this predictor can read") from error
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise FerLabError(f"{path}: cannot decode image ({' '.join(str(error).split()) or type(error).__name__})") from error
+
+
+def _too_large(path: Path, width: int, height: int, max_pixels: int) -> str:
+    return (f"{path}: image is {width}x{height} ({width * height / 1e6:.0f} Mpx), more than the "
+            f"{max_pixels / 1e6:.0f} Mpx limit; downscale it first")
+
+
+def image_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The image files to predict on: `path` itself, or the images in folder `path` (recursively, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FerLabError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not files:
+        raise FerLabError(f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
+@dataclass
+class LoadedModel:
+    """A trained classifier with its class names, as `load_model` returns it."""
+
+    model: Any
+    labels: tuple[str, ...]
+    reference: str
+    input_size: int = preprocess.MODEL_SIZE
+
+
+def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
+    """Load a model from an MLflow run id, a model URI (`runs:/<id>/model`, `models:/name/1`) or a local model folder.
+
+    Run ids go through `fer_lab.train.load_run_model`, the loader every notebook uses; other URIs
+    through MLflow's Keras flavor with the labels from the model's metadata.
+    """
+    from fer_lab import tracking
+
+    reference = reference.strip()
+    if not reference:
+        raise FerLabError("no model given: pass a run id or a model URI such as runs:/<run id>/model")
+    tracking.configure(tracking_uri)
+    run_match = _RUN_ID.match(reference) or _RUNS_URI.match(reference)
+    try:
+        if run_match:
+            run_id = run_match.group(1) if run_match.re is _RUNS_URI else reference
+            model, labels = _load_run(run_id)
+        else:
+            model, labels = _load_uri(reference)
+    except FerLabError:
+        raise
+    except Exception as error:  # MLflow raises many types for a missing run, model or registry entry
+        raise FerLabError(f"cannot load model {reference!r}: {' '.join(str(error).split())[:300]}") from error
+    return _checked(model, tuple(labels), reference)
+
+
+def _load_run(run_id: str) -> tuple[Any, Sequence[str]]:
+    try:
+        from fer_lab.train import load_run_model
+    except ImportError:
+        return _load_uri(f"runs:/{run_id}/model")
+    return load_run_model(run_id)
+
+
+def _load_uri(uri: str) -> tuple[Any, Sequence[str]]:
+    import mlflow
+
+    model = mlflow.keras.load_model(uri)
+    metadata = mlflow.models.get_model_info(uri).metadata or {}
+    labels = metadata.get("labels")
+    if labels is None:
+        outputs = int(model.output_shape[-1])
+        if outputs != len(CLASSES):
+            raise FerLabError(f"model {uri} has {outputs} outputs and no labels in its metadata")
+        labels = CLASSES
+    return model, labels
+
+
+def _checked(model: Any, labels: tuple[str, ...], reference: str) -> LoadedModel:
+    input_shape, output_shape = tuple(model.input_shape), tuple(model.output_shape)
+    if len(input_shape) != 4 or input_shape[1] != input_shape[2] or input_shape[3] != 1:
+        raise FerLabError(f"model {reference} takes {input_shape}, not (N, size, size, 1) grayscale pixels")
+    if output_shape[-1] != len(labels):
+        raise FerLabError(f"model {reference} has {output_shape[-1]} outputs but {len(labels)} labels")
+    return LoadedModel(model, labels, reference, int(input_shape[1]))
+
+
+def default_model_reference(experiment: str = "fer-lab", parent_run_id: str = "", tracking_uri: str = "") -> str:
+    """The run id of the training run (tag notebook=03_train) of pipeline `parent_run_id`, else the latest finished one."""
+    from fer_lab import compare, tracking
+
+    tracking.configure(tracking_uri)
+    runs = compare.find_runs(experiment, parent_run_id=parent_run_id, max_runs=1) if parent_run_id else None
+    if runs is None or runs.empty:
+        runs = compare.find_runs(experiment, finished_only=True, max_runs=1)
+    if runs.empty:
+        raise FerLabError(f"no trained model: experiment {experiment!r} has no finished 03_train run; "
+                          "run notebook 03_train first or name a model")
+    return str(runs["run_id"].iloc[0])
+
+
+def probability_columns(labels: Iterable[str]) -> list[str]:
+    """Column names of the class probabilities in prediction tables."""
+    return [f"p_{label}" for label in labels]
+
+
+@dataclass
+class Predictor:
+    """Faces in, class probabilities out: detection, FER-style crops and batched model calls."""
+
+    loaded: LoadedModel
+    detector: FaceDetector = field(default_factory=FaceDetector)
+    batch_size: int = 256
+    crop_scale: float = CROP_SCALE
+    crop_raise: float = CROP_RAISE
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.loaded.labels
+
+    def inputs(self, gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Model inputs for the faces at `boxes` in a grayscale image."""
+        return face_inputs(gray, boxes, self.loaded.input_size, self.crop_scale, self.crop_raise)
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) for uint8 model inputs (N, size, size), in batches."""
+        if len(inputs) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        pixels = np.asarray(inputs, dtype=np.float32)[..., None]
+        parts = [np.asarray(self.loaded.model.predict_on_batch(pixels[start:start + self.batch_size]))
+                 for start in range(0, len(pixels), self.batch_size)]
+        return np.concatenate(parts).astype(np.float32)
+
+    def predict_gray(self, gray: np.ndarray) -> pd.DataFrame:
+        """One row per face found in a grayscale image (see `face_table`)."""
+        boxes, scores = self.detector(gray)
+        return face_table(boxes, scores, self.probabilities(self.inputs(gray, boxes)), self.labels)
+
+    def predict_image(self, image: Image.Image | np.ndarray) -> pd.DataFrame:
+        """One row per face in an image (PIL or array, any size, colour or grayscale)."""
+        return self.predict_gray(preprocess.to_gray(image))
+
+    def predict_files(self, paths: Sequence[str | os.PathLike[str]], *, chunk: int = 16,
+                      progress: bool = False) -> ImagePredictions:
+        """Faces in image files: detection per file, one model call per `chunk` files.
+
+        A file that cannot be read gets one row with its `error`; the others go on. A file
+        without faces gets one row with no face and no probabilities.
+        """
+        from tqdm.auto import tqdm
+
+        tables = []
+        with tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar:
+            for batch in _chunks([Path(path) for path in paths], chunk):
+                found = [self._read_and_detect(path) for path in batch]
+                inputs = [self.inputs(gray, boxes) for gray, boxes, _, _ in found]
+                probabilities = np.split(self.probabilities(np.concatenate(inputs)),
+                                         np.cumsum([len(part) for part in inputs])[:-1])
+                for path, (gray, boxes, scores, error), probs in zip(batch, found, probabilities):
+                    table = face_table(boxes, scores, probs, self.labels) if len(boxes) else no_face_row(self.labels)
+                    table.insert(0, "path", str(path))
+                    table.insert(1, "height", gray.shape[0] if gray.size else pd.NA)
+                    table.insert(2, "width", gray.shape[1] if gray.size else pd.NA)
+                    table["error"] = error
+                    tables.append(table)
+                bar.update(len(batch))
+        table = pd.concat(tables, ignore_index=True)
+        table[["height", "width"]] = table[["height", "width"]].astype("Int64")
+        return ImagePredictions(table, self.labels)
+
+    def _read_and_detect(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """(gray, boxes, scores, error) of one file; an unreadable file gives an empty image and its error."""
+        try:
+            gray = read_image(path)
+        except FerLabError as error:
+            return np.zeros((0, 0), np.uint8), np.zeros((0, 4)), np.zeros(0), str(error)
+        return (gray, *self.detector(gray), "")
+
+
+def face_table(boxes: np.ndarray, scores: np.ndarray, probabilities: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
+    """Per-face rows: face (0.. in score order), box x0,y0,x1,y1, detector score, label, confidence, p_<label>."""
+    probabilities = np.asarray(probabilities, dtype=float).reshape(-1, len(labels))
+    table = pd.DataFrame(np.asarray(boxes, dtype=float).reshape(-1, 4), columns=list(BOX_COLUMNS))
+    table.insert(0, "face", pd.array(np.arange(len(table)), dtype="Int64"))
+    table["score"] = np.asarray(scores, dtype=float)
+    table["label"] = np.asarray(labels, dtype=object)[probabilities.argmax(axis=1)] if len(table) else []
+    table["label"] = table["label"].astype(object)
+    table["confidence"] = probabilities.max(axis=1) if len(table) else np.zeros(0)
+    table[probability_columns(labels)] = probabilities
+    return table
+
+
+def no_face_row(labels: Sequence[str]) -> pd.DataFrame:
+    """The single row recorded for an image or frame without faces: no face id, label "", NaN numbers."""
+    table = face_table(np.full((1, 4), np.nan), np.full(1, np.nan), np.zeros((1, len(labels))), labels)
+    table["face"] = pd.array([pd.NA], dtype="Int64")
+    table["label"] = ""
+    table[["confidence", *probability_columns(labels)]] = np.nan
+    return table
+
+
+@dataclass
+class ImagePredictions:
+    """Per-face rows for a set of image files, with rows for files without faces or unreadable."""
+
+    table: pd.DataFrame
+    labels: tuple[str, ...]
+
+    @property
+    def faces(self) -> pd.DataFrame:
+        """Only the rows that are faces."""
+        return self.table[self.table["face"].notna()].reset_index(drop=True)
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        """path and error of the files that could not be read."""
+        return self.table.loc[self.table["error"] != "", ["path", "error"]].reset_index(drop=True)
+
+    def messages(self) -> list[str]:
+        """One-line problems a user should see: unreadable files, and no faces anywhere."""
+        lines = [f"{len(self.errors)} of {self.table['path'].nunique()} files unreadable; first: "
+                 f"{self.errors['error'].iloc[0]}"] if len(self.errors) else []
+        readable = self.table.loc[self.table["error"] == "", "path"].nunique()
+        if readable and self.faces.empty:
+            lines.append(f"no faces found in any of the {readable} readable images")
+        return lines
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def annotate(image: np.ndarray, faces: pd.DataFrame, *, id_column: str | None = None) -> np.ndarray:
+    """A copy of an RGB (or grayscale) uint8 image with each face's box and `label confidence` drawn on it.
+
+    With `id_column` (e.g. a video's face_id), each caption starts with the face's id.
+    """
+    import cv2
+
+    canvas = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]).copy()
+    thickness = max(1, round(max(canvas.shape[:2]) / 500))
+    font_scale = max(0.4, max(canvas.shape[:2]) / 1400)
+    for row in faces[faces["label"] != ""].itertuples(index=False):
+        x0, y0, x1, y1 = (int(round(getattr(row, name))) for name in BOX_COLUMNS)
+        color = _label_color(row.label)
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), color, thickness)
+        prefix = f"#{getattr(row, id_column)} " if id_column else ""
+        text = f"{prefix}{row.label} {row.confidence:.2f}"
+        (text_width, text_height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        top = max(0, y0 - text_height - baseline - 2)
+        cv2.rectangle(canvas, (x0, top), (x0 + text_width + 2, top + text_height + baseline + 2), color, -1)
+        cv2.putText(canvas, text, (x0 + 1, top + text_height + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (0, 0, 0), thickness, cv2.LINE_AA)
+    return canvas
+
+
+# One fixed colour per emotion so every figure and video uses the same ones (RGB, from tab10).
+_LABEL_COLORS = {"angry": (214, 39, 40), "disgust": (140, 86, 75), "fear": (148, 103, 189), "happy": (255, 187, 120),
+                 "neutral": (199, 199, 199), "sad": (31, 119, 180), "surprise": (44, 160, 44)}
+
+
+def _label_color(label: str) -> tuple[int, int, int]:
+    return _LABEL_COLORS.get(label, (23, 190, 207))
+
+
+def label_color(label: str) -> str:
+    """The matplotlib colour (hex) of an emotion, matching the boxes drawn by `annotate`."""
+    return "#{:02x}{:02x}{:02x}".format(*_label_color(label))
