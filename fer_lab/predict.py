@@ -398,33 +398,35 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start:start + size]
 
 
-def annotate(image: np.ndarray, faces: pd.DataFrame, *, id_column: str | None = None) -> np.ndarray:
-    """A copy of an RGB (or grayscale) uint8 image with each face's box and `label confidence` drawn on it.
+def annotate(image: np.ndarray, faces: pd.DataFrame) -> np.ndarray:
+    """A copy of an RGB (or grayscale) uint8 image with each face's box and `label confidence` drawn on it."""
+    faces = faces[faces["label"] != ""]
+    captions = [f"{label} {confidence:.2f}" for label, confidence in zip(faces["label"], faces["confidence"])]
+    return draw_boxes(image, faces[list(BOX_COLUMNS)].to_numpy(), captions, list(faces["label"]))
 
-    With `id_column` (e.g. a video's face_id), each caption starts with the face's id.
-    """
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, captions: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """A copy of an RGB (or grayscale) uint8 image with boxes (x0, y0, x1, y1) in their label's colour, captioned."""
     import cv2
 
     canvas = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]).copy()
     thickness = max(1, round(max(canvas.shape[:2]) / 500))
     font_scale = max(0.4, max(canvas.shape[:2]) / 1400)
-    for row in faces[faces["label"] != ""].itertuples(index=False):
-        x0, y0, x1, y1 = (int(round(getattr(row, name))) for name in BOX_COLUMNS)
-        color = _label_color(row.label)
+    for box, caption, label in zip(boxes, captions, labels):
+        x0, y0, x1, y1 = (int(round(value)) for value in box)
+        color = _label_color(label)
         cv2.rectangle(canvas, (x0, y0), (x1, y1), color, thickness)
-        prefix = f"#{getattr(row, id_column)} " if id_column else ""
-        text = f"{prefix}{row.label} {row.confidence:.2f}"
-        (text_width, text_height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        (text_width, text_height), baseline = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
         top = max(0, y0 - text_height - baseline - 2)
         cv2.rectangle(canvas, (x0, top), (x0 + text_width + 2, top + text_height + baseline + 2), color, -1)
-        cv2.putText(canvas, text, (x0 + 1, top + text_height + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+        cv2.putText(canvas, caption, (x0 + 1, top + text_height + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
                     (0, 0, 0), thickness, cv2.LINE_AA)
     return canvas
 
 
 # One fixed colour per emotion so every figure and video uses the same ones (RGB, from tab10).
-_LABEL_COLORS = {"angry": (214, 39, 40), "disgust": (140, 86, 75), "fear": (148, 103, 189), "happy": (255, 187, 120),
-                 "neutral": (199, 199, 199), "sad": (31, 119, 180), "surprise": (44, 160, 44)}
+_LABEL_COLORS = {"angry": (214, 39, 40), "disgust": (188, 189, 34), "fear": (148, 103, 189), "happy": (255, 127, 14),
+                 "neutral": (127, 127, 127), "sad": (31, 119, 180), "surprise": (44, 160, 44)}
 
 
 def _label_color(label: str) -> tuple[int, int, int]:
