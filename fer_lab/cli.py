@@ -50,6 +50,25 @@ def _run_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from fer_lab import predict, video
+
+    reference = args.model or predict.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)
+    loaded = predict.load_model(reference, args.tracking_uri)
+    result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
+                                threshold=args.threshold, sample_fps=args.fps, detect_every=args.detect_every,
+                                progress=True)
+    print(video.result_text(result))
+    if args.out:
+        print(f"written to {args.out}")
+    for line in (result.warnings if isinstance(result, video.VideoAnalysis) else result.messages()):
+        print(f"warning: {line}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="fer-lab", description=__doc__)
@@ -65,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--experiment", metavar="FILE.yaml",
                      help="run every variant of an experiment set (params/experiments/NAME.yaml), then 05_compare")
     run.set_defaults(handler=_run)
+
+    predict = commands.add_parser("predict", help="find faces in an image, image folder or video and classify them")
+    predict.add_argument("path", help="image file, folder of images, or video (.mp4, .avi, .mov, ...)")
+    predict.add_argument("--model", default="",
+                         help="MLflow run id or model URI (runs:/<id>/model, models:/<name>/<version>); "
+                              "default: the latest finished 03_train run")
+    predict.add_argument("--out", help="folder for the per-face/per-frame CSV and annotated copies (default: print only)")
+    predict.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    predict.add_argument("--experiment", default="fer-lab", help="experiment searched for the default model")
+    predict.add_argument("--fps", type=float, default=10.0, help="video frames analysed per second (default 10)")
+    predict.add_argument("--detect-every", type=int, default=1,
+                         help="detect faces on every Nth analysed frame, tracking boxes in between (default 1)")
+    predict.add_argument("--max-side", type=int, default=None,
+                         help="longer side of the image the face detector sees (default 1024 images, 640 video)")
+    predict.add_argument("--threshold", type=float, default=0.0, help="face detector score threshold (default 0)")
+    predict.set_defaults(handler=_predict)
 
     return parser
 

@@ -392,6 +392,25 @@ class ImagePredictions:
             lines.append(f"no faces found in any of the {readable} readable images")
         return lines
 
+    def annotated(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The image file `path` in colour, upright, with its faces' boxes and labels drawn on it."""
+        with Image.open(path) as image:
+            rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        return annotate(rgb, self.table[self.table["path"] == str(path)])
+
+    def save(self, out_dir: str | os.PathLike[str], *, annotated: bool = True) -> list[Path]:
+        """Write `predictions.csv` (every row) and, with `annotated`, `<name>_annotated.jpg` per readable image."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = [out_dir / "predictions.csv"]
+        self.table.to_csv(written[0], index=False)
+        if annotated:
+            for path in self.table.loc[self.table["error"] == "", "path"].unique():
+                target = out_dir / f"{Path(path).stem}_annotated.jpg"
+                Image.fromarray(self.annotated(path)).save(target, quality=90)
+                written.append(target)
+        return written
+
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):

@@ -307,7 +307,7 @@ class _VideoReader:
         self.path = path
         self.capture = cv2.VideoCapture(str(path))
         if not self.capture.isOpened():
-            raise FerLabError(f"{path}: OpenCV cannot open this file as a video (not a video, or an unsupported codec)")
+            raise FerLabError(f"{path}: OpenCV cannot open this file as a video (not a video, damaged, or an unsupported codec)")
         self.warnings: list[str] = []
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         if not fps or not math.isfinite(fps) or fps <= 0 or fps > 1000:
@@ -594,3 +594,61 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
         blob = np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * radius**2))
         image += blob[..., None] * rng.uniform(-40, 40, 3)
     return np.clip(image, 0, 255)
+
+
+# Detection image size when none is given: photos keep detail for small faces, video frames keep up with real time.
+IMAGE_MAX_SIDE = 1024
+VIDEO_MAX_SIDE = 640
+
+
+def analyze_path(
+    path: str | os.PathLike[str],
+    loaded: predict.LoadedModel,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    max_side: int | None = None,
+    threshold: float = 0.0,
+    sample_fps: float = 10.0,
+    detect_every: int = 1,
+    smooth_seconds: float = 1.0,
+    progress: bool = False,
+) -> predict.ImagePredictions | VideoAnalysis:
+    """Apply a model to an image, a folder of images or a video; with `out_dir`, write tables and annotated copies.
+
+    Videos write `<stem>_frames.csv/.parquet`, `<stem>_faces.csv`, `<stem>_summary.csv`,
+    `<stem>_annotated.mp4` and `<stem>_timeline.png`; images write `predictions.csv` and
+    `<name>_annotated.jpg`. What was computed is written even when the result has warnings.
+    """
+    path = Path(path)
+    if is_video(path):
+        config = predict.DetectorConfig(max_side=max_side or VIDEO_MAX_SIDE, threshold=threshold)
+        predictor = predict.Predictor(loaded, predict.FaceDetector(config))
+        annotated = Path(out_dir) / f"{path.stem}_annotated.mp4" if out_dir is not None else None
+        analysis = analyze_video(path, predictor, sample_fps=sample_fps, detect_every=detect_every,
+                                 annotated_path=annotated, progress=progress)
+        if out_dir is not None:
+            analysis.save(out_dir)
+            analysis.timeline(smooth_seconds).savefig(Path(out_dir) / f"{path.stem}_timeline.png", dpi=100)
+        return analysis
+    config = predict.DetectorConfig(max_side=max_side or IMAGE_MAX_SIDE, threshold=threshold)
+    predictor = predict.Predictor(loaded, predict.FaceDetector(config))
+    result = predictor.predict_files(predict.image_files(path), progress=progress)
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def result_text(result: predict.ImagePredictions | VideoAnalysis, max_rows: int = 40) -> str:
+    """A plain-text table of a result for the terminal: faces per image, or per face and per video."""
+    if isinstance(result, VideoAnalysis):
+        summary = result.video_summary()
+        head = (f"{result.path.name}: {result.sampled} frames at {result.sample_fps:g} fps "
+                f"({result.duration:.1f} s), {summary['faces']} faces, "
+                f"analysed at {result.processing_fps:.1f} frames/s")
+        faces = result.face_summary()
+        return head if faces.empty else head + "\n" + faces.round(2).to_string(index=False)
+    columns = ["path", "face", *predict.BOX_COLUMNS, "label", "confidence"]
+    table = result.table[columns].assign(path=result.table["path"].map(lambda value: Path(value).name))
+    text = table.head(max_rows).round(2).to_string(index=False)
+    more = len(table) - max_rows
+    return text + (f"\n... {more} more rows" if more > 0 else "")

@@ -1,0 +1,184 @@
+"""Prediction on real photos with a model logged to a real MLflow store, preprocessing parity, bad input, the CLI."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from pathlib import Path
+
+import keras
+import matplotlib.cbook
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import skimage.data
+from PIL import Image
+
+from fer_lab import cli, data, predict, tracking
+from fer_lab.errors import FerLabError
+
+EXPERIMENT = "predict-tests"
+
+
+def tiny_model(seed: int = 0) -> keras.Model:
+    """A random-weight classifier honouring the model contract: float 0..255 (N, 48, 48, 1) in, softmax out."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((48, 48, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(data.CLASSES), activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """(tracking_uri, parent_run_id, train_run_id): a pipeline run whose 03_train child logged a model."""
+    root = tmp_path_factory.mktemp("mlruns")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with tracking.start_notebook_run("pipeline", {}, tracking_uri=uri, experiment=EXPERIMENT) as parent:
+        pass
+    with tracking.start_notebook_run("03_train", {}, tracking_uri=uri, experiment=EXPERIMENT,
+                                     parent_run_id=parent.info.run_id) as run:
+        mlflow.keras.log_model(tiny_model(), name="model",
+                               metadata={"labels": list(data.CLASSES), "input_size": 48})
+    return uri, parent.info.run_id, run.info.run_id
+
+
+@pytest.fixture(scope="session")
+def predictor(model_store: tuple[str, str, str]) -> predict.Predictor:
+    uri, _, run_id = model_store
+    return predict.Predictor(predict.load_model(run_id, uri))
+
+
+def grace_hopper() -> Path:
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def assert_probabilities(table: pd.DataFrame, labels: tuple[str, ...]) -> None:
+    probabilities = table[predict.probability_columns(labels)].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert (probabilities >= 0).all()
+    assert list(table["label"]) == [labels[i] for i in probabilities.argmax(axis=1)]
+    np.testing.assert_allclose(table["confidence"], probabilities.max(axis=1))
+
+
+def test_astronaut_photo_has_one_face(predictor: predict.Predictor) -> None:
+    faces = predictor.predict_image(skimage.data.astronaut())
+    assert len(faces) == 1
+    assert_probabilities(faces, predictor.labels)
+    x0, y0, x1, y1 = faces.loc[0, list(predict.BOX_COLUMNS)]
+    # Eileen Collins' face is in the upper middle of the 512x512 portrait.
+    assert 150 < x0 < x1 < 300 and 50 < y0 < y1 < 200
+
+
+def test_grace_hopper_file_color_and_gray_have_one_face(predictor: predict.Predictor, tmp_path: Path) -> None:
+    gray_file = tmp_path / "hopper_gray.png"
+    Image.open(grace_hopper()).convert("L").save(gray_file)
+    result = predictor.predict_files([grace_hopper(), gray_file])
+    assert list(result.table.groupby("path").size()) == [1, 1]
+    assert_probabilities(result.table, predictor.labels)
+    assert (result.table["error"] == "").all() and result.messages() == []
+    assert list(result.table["height"]) == [600, 600] and list(result.table["width"]) == [512, 512]
+    boxes = result.table[list(predict.BOX_COLUMNS)].to_numpy()
+    np.testing.assert_allclose(boxes[0], boxes[1], atol=2)  # colour and gray find the same face
+
+
+def test_large_photo_is_downscaled_for_detection(predictor: predict.Predictor) -> None:
+    photo = np.asarray(Image.open(grace_hopper()))
+    small = predictor.predict_image(photo)
+    large = predictor.predict_image(np.asarray(Image.fromarray(photo).resize((2048, 2400))))
+    assert len(large) == 1 and predictor.detector.config.max_side < 2400
+    np.testing.assert_allclose(large.loc[0, list(predict.BOX_COLUMNS)].to_numpy(dtype=float),
+                               4 * small.loc[0, list(predict.BOX_COLUMNS)].to_numpy(dtype=float), rtol=0.1)
+
+
+def test_preprocessing_parity_with_training(predictor: predict.Predictor, tmp_path: Path) -> None:
+    # The colour face square the predictor cuts from the astronaut photo, stored as a training image.
+    photo = skimage.data.astronaut()
+    gray = predict.read_image(_save(photo, tmp_path / "astronaut.png"))
+    boxes, _ = predictor.detector(gray)
+    left, top, side = predict.face_square(boxes[0])
+    dataset = tmp_path / "dataset"
+    _save(photo[top:top + side, left:left + side], dataset / "train" / "happy" / "Training_1.png")
+    manifest = data.build_manifest(dataset)
+    training_pixels = data.load_pixels(dataset, manifest)
+    prediction_pixels = predictor.inputs(gray, boxes[:1])
+    assert training_pixels.shape == prediction_pixels.shape == (1, 48, 48)
+    np.testing.assert_array_equal(training_pixels, prediction_pixels)
+    np.testing.assert_array_equal(predictor.probabilities(training_pixels), predictor.probabilities(prediction_pixels))
+
+
+def _save(image: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def test_crop_reaching_past_the_border_is_padded() -> None:
+    gray = np.arange(100 * 80, dtype=np.uint32).reshape(100, 80).astype(np.uint8)
+    crop = predict.crop_face(gray, (-10, -10, 30, 30))
+    side = round(40 * predict.CROP_SCALE)
+    assert crop.shape == (side, side)
+    assert crop[0, 0] == gray[0, 0]  # replicated corner
+    assert predict.face_inputs(gray, np.array([[-10, -10, 30, 30]])).shape == (1, 48, 48)
+
+
+def test_model_references(model_store: tuple[str, str, str]) -> None:
+    uri, parent_run_id, run_id = model_store
+    assert predict.default_model_reference(EXPERIMENT, parent_run_id, uri) == run_id
+    assert predict.default_model_reference(EXPERIMENT, tracking_uri=uri) == run_id
+    loaded = predict.load_model(f"runs:/{run_id}/model", uri)
+    assert loaded.labels == data.CLASSES and loaded.input_size == 48
+    with pytest.raises(FerLabError, match="cannot load model"):
+        predict.load_model("runs:/0123456789abcdef0123456789abcdef/model", uri)
+    with pytest.raises(FerLabError, match="no finished 03_train run"):
+        predict.default_model_reference("no-such-experiment", tracking_uri=uri)
+
+
+def test_bad_inputs_are_reported_and_the_rest_kept(predictor: predict.Predictor, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a jpeg")
+    blank = _save(np.full((200, 300), 128, np.uint8), tmp_path / "blank.png")
+    result = predictor.predict_files([grace_hopper(), broken, blank])
+    assert len(result.table) == 3 and len(result.faces) == 1
+    assert result.errors["error"].tolist() == [f"{broken}: not an image this predictor can read"]
+    no_face = result.table[result.table["path"] == str(blank)].iloc[0]
+    assert pd.isna(no_face["face"]) and no_face["label"] == "" and no_face["error"] == ""
+    assert result.messages() == [f"1 of 3 files unreadable; first: {broken}: not an image this predictor can read"]
+    assert predictor.predict_files([blank]).messages() == ["no faces found in any of the 1 readable images"]
+
+
+def test_huge_and_missing_images_raise_one_line_errors(tmp_path: Path) -> None:
+    large = _save(np.zeros((2000, 3000), np.uint8), tmp_path / "large.png")
+    with pytest.raises(FerLabError, match=r"large.png: image is 3000x2000 \(6 Mpx\), more than the 1 Mpx limit"):
+        predict.read_image(large, max_pixels=1_000_000)
+    with pytest.raises(FerLabError, match="no such file"):
+        predict.read_image(tmp_path / "missing.png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FerLabError, match="holds no image files"):
+        predict.image_files(empty)
+
+
+def test_cli_predict_writes_table(model_store: tuple[str, str, str], tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    uri, _, run_id = model_store
+    folder = tmp_path / "photos"
+    _save(skimage.data.astronaut(), folder / "astronaut.png")
+    (folder / "notes.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    code = cli.main(["predict", str(folder), "--model", f"runs:/{run_id}/model", "--tracking-uri", uri,
+                     "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0
+    assert "astronaut.png" in printed.out and "warning: 1 of 2 files unreadable" in printed.err
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == 2 and table["face"].notna().sum() == 1
+    assert (out / "astronaut_annotated.jpg").is_file()
+    assert cli.main(["predict", str(tmp_path / "missing.png"), "--model", run_id, "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
