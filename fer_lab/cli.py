@@ -69,6 +69,26 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manifest(args: argparse.Namespace) -> int:
+    from fer_lab import data
+
+    manifest = data.build_manifest(args.path, votes=args.votes, unknown_classes=args.unknown_classes,
+                                   val_fraction=args.val_fraction, seed=args.seed)
+    data.write_manifest(manifest, args.out)
+    print(data.manifest_report(manifest))
+    print(f"manifest: {len(manifest)} rows written to {args.out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from fer_lab import project, sample
+
+    out = sample.make_sample(args.out or project.SAMPLE_DIR, per_class=args.per_class, seed=args.seed,
+                             fmt=args.format)
+    print(f"sample written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="fer-lab", description=__doc__)
@@ -100,6 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
                          help="longer side of the image the face detector sees (default 1024 images, 640 video)")
     predict.add_argument("--threshold", type=float, default=0.0, help="face detector score threshold (default 0)")
     predict.set_defaults(handler=_predict)
+
+    manifest = commands.add_parser("manifest", help="list a dataset (fer2013.csv, image folders) as a manifest CSV")
+    manifest.add_argument("path", help="fer2013.csv(.gz), a folder holding one, or a folder of class/split folders")
+    manifest.add_argument("--votes", help="votes CSV: per-file (path column) or FER+ fer2013new.csv "
+                                          "(default: ferplus_votes.csv / fer2013new.csv beside the data)")
+    manifest.add_argument("--out", required=True, help="manifest CSV to write")
+    manifest.add_argument("--unknown-classes", choices=("keep", "drop"), default="keep",
+                          help="classes outside the canonical seven: keep as extra labels or drop (default keep)")
+    manifest.add_argument("--val-fraction", type=float, default=0.1,
+                          help="share of train held out as val when the data has no validation split (default 0.1)")
+    manifest.add_argument("--seed", type=int, default=0, help="seed of that validation split (default 0)")
+    manifest.set_defaults(handler=_manifest)
+
+    sample = commands.add_parser("sample", help="write the synthetic FER-format sample dataset")
+    sample.add_argument("--out", help="output folder (default: data/sample)")
+    sample.add_argument("--per-class", type=int, default=48, help="training faces per class (default 48)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default 0)")
+    sample.add_argument("--format", choices=("folder", "csv"), default="folder",
+                        help="Kaggle image folders or fer2013.csv + fer2013new.csv (default folder)")
+    sample.set_defaults(handler=_sample)
 
     return parser
 

@@ -304,6 +304,25 @@ def unreadable_summary(manifest: pd.DataFrame) -> pd.Series:
     return errors.str.split(":", n=1).str[0].value_counts().rename("rows").rename_axis("reason")
 
 
+def manifest_report(manifest: pd.DataFrame) -> str:
+    """Plain-text summary: split x class counts, usage counts, vote coverage, unreadable rows."""
+    lines = [count_table(manifest).to_string(), ""]
+    usages = manifest["usage"].replace("", "(none)").value_counts().sort_index()
+    lines.append("usage: " + ", ".join(f"{usage} {count}" for usage, count in usages.items()))
+    if all(column in manifest.columns for column in VOTE_COLUMNS):
+        with_votes = int(manifest[list(VOTE_COLUMNS)].notna().all(axis=1).sum())
+        lines.append(f"votes: {with_votes} of {len(manifest)} rows")
+    summary = unreadable_summary(manifest)
+    if summary.empty:
+        lines.append(f"unreadable: none of {len(manifest)} rows")
+    else:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in summary.items())
+        first = manifest.loc[~manifest["readable"].astype(bool)].iloc[0]
+        lines.append(f"unreadable: {int(summary.sum())} of {len(manifest)} rows ({reasons}); "
+                     f"first: {first['path']}: {first['error']}")
+    return "\n".join(lines)
+
+
 def parse_pixel_string(text: str) -> tuple[np.ndarray | None, str]:
     """Parse a fer2013.csv `pixels` cell into a square uint8 image, or (None, "<reason>: <detail>")."""
     text = text if isinstance(text, str) else ""
