@@ -77,23 +77,19 @@ def inspect_image(path: str | os.PathLike[str]) -> tuple[str, int, int, int, str
     reason one of: empty file, not an image, truncated, corrupt. Sizes stay 0 when unknown.
     """
     path = Path(path)
+    height = width = channels = 0
     try:
         if path.stat().st_size == 0:
             return "", 0, 0, 0, "empty file: 0 bytes"
         with Image.open(path) as image:
             width, height = image.size
             channels = channel_count(image)
-            try:
-                gray = to_gray(image)
-            except OSError as exc:
-                reason = "truncated" if "truncated" in str(exc) else "corrupt"
-                return "", height, width, channels, f"{reason}: {_one_line(exc)}"
-            except (ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-                return "", height, width, channels, f"corrupt: {_one_line(exc)}"
+            gray = to_gray(image)
     except Image.UnidentifiedImageError:
         return "", 0, 0, 0, "not an image: no image format recognises the file"
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        return "", 0, 0, 0, f"corrupt: {_one_line(exc)}"
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        return "", height, width, channels, f"{reason}: {_one_line(exc)}"
     return pixel_sha1(gray), height, width, channels, ""
 
 
