@@ -257,13 +257,7 @@ def default_model_reference(experiment: str = "fer-lab", parent_run_id: str = ""
     from fer_lab import compare, tracking
 
     tracking.configure(tracking_uri)
-    runs = compare.find_runs(experiment, parent_run_id=parent_run_id, max_runs=1) if parent_run_id else None
-    if runs is None or runs.empty:
-        runs = compare.find_runs(experiment, finished_only=True, max_runs=1)
-    if runs.empty:
-        raise FerLabError(f"no trained model: experiment {experiment!r} has no finished 03_train run; "
-                          "run notebook 03_train first or name a model")
-    return str(runs["run_id"].iloc[0])
+    return compare.resolve_training_run(experiment, parent_run_id)
 
 
 def probability_columns(labels: Iterable[str]) -> list[str]:

@@ -473,7 +473,7 @@ class DemoInputs:
 
     video: Path
     stills: list[Path]
-    truth: pd.DataFrame  # path, person, start, end (s; NaN for stills), label
+    truth: pd.DataFrame  # file, person, x (centre), start, end (s; NaN for stills), label
 
 
 def make_demo_inputs(
@@ -509,9 +509,9 @@ def make_demo_inputs(
         ([3, 4], 1.0, 460, 190, 25),
     ]
     truth = []
-    for person, (indices, enters, _, _, _) in enumerate(people, start=1):
+    for person, (indices, enters, centre_x, _, _) in enumerate(people, start=1):
         bounds = np.linspace(enters, leave, len(indices) + 1)
-        truth += [{"path": "demo.mp4", "person": person, "start": float(start), "end": float(end),
+        truth += [{"file": "demo.mp4", "person": person, "x": centre_x, "start": float(start), "end": float(end),
                    "label": names[index]} for index, start, end in zip(indices, bounds[:-1], bounds[1:])]
     video_path = out_dir / "demo.mp4"
     writer = _Writer(video_path, fps)
@@ -530,16 +530,50 @@ def make_demo_inputs(
     writer.release()
     stills = [out_dir / "group.jpg", out_dir / "portrait_gray.png"]
     group = _background(rng, 1024, 640)
-    for index, (x, y, size) in zip((5, 6, 7), ((230, 330, 170), (520, 300, 240), (820, 350, 200))):
+    placements = ((230, 330, 170), (520, 300, 240), (820, 350, 200))
+    for index, (x, y, size) in zip((5, 6, 7), placements):
         _paste(group, _enlarge(faces[chosen[index]], size), x, y)
     PILImage.fromarray(group.astype(np.uint8)).save(stills[0], quality=92)
     portrait = preprocess.to_gray(_background(rng, 320, 400).astype(np.uint8)).astype(float)[..., None]
     _paste(portrait, _enlarge(faces[chosen[8]], 190)[..., :1], 160, 190)
     PILImage.fromarray(portrait[..., 0].astype(np.uint8)).save(stills[1])
-    truth += [{"path": stills[0].name, "person": person, "start": np.nan, "end": np.nan, "label": names[index]}
-              for person, index in enumerate((5, 6, 7), start=1)]
-    truth.append({"path": stills[1].name, "person": 1, "start": np.nan, "end": np.nan, "label": names[8]})
+    truth += [{"file": stills[0].name, "person": person, "x": x, "start": np.nan, "end": np.nan, "label": names[index]}
+              for person, (index, (x, _, _)) in enumerate(zip((5, 6, 7), placements), start=1)]
+    truth.append({"file": stills[1].name, "person": 1, "x": 160, "start": np.nan, "end": np.nan, "label": names[8]})
     return DemoInputs(video_path, stills, pd.DataFrame(truth))
+
+
+def true_labels(table: pd.DataFrame, file: str, truth: pd.DataFrame) -> pd.Series:
+    """The label each face row of `table` (from `file`) really shows, per `DemoInputs.truth` ("" for no face).
+
+    A face is the person in view at its time (stills: always) whose nominal centre is nearest to its box.
+    """
+    shown = truth[truth["file"] == Path(file).name]
+    labels = pd.Series("", index=table.index, dtype=object)
+    for index, row in table[table["label"] != ""].iterrows():
+        in_view = shown if "time" not in row else shown[(shown["start"] <= row["time"]) & (row["time"] < shown["end"])]
+        if len(in_view):
+            centre = (row["x0"] + row["x1"]) / 2
+            labels[index] = in_view.loc[(in_view["x"] - centre).abs().idxmin(), "label"]
+    return labels
+
+
+def preview_frames(path: str | os.PathLike[str], count: int = 6) -> list[np.ndarray]:
+    """`count` RGB frames spread evenly over a video (e.g. an annotated one), for display."""
+    reader = _VideoReader(Path(path))
+    try:
+        total = reader.frame_count or count
+        wanted = set(np.linspace(0, total - 1, count).round().astype(int).tolist())
+        frames = []
+        for index in range(total):
+            ok, frame = reader.capture.read() if index in wanted else (reader.capture.grab(), None)
+            if not ok:
+                break
+            if frame is not None:
+                frames.append(np.ascontiguousarray(frame[:, :, ::-1]))
+        return frames
+    finally:
+        reader.release()
 
 
 def _demo_faces(faces: np.ndarray, labels: Sequence[str], rng: np.random.Generator, face_px: int,

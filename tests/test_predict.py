@@ -18,7 +18,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from fer_lab import cli, data, predict, tracking
+from fer_lab import cli, data, predict, tracking, train
 from fer_lab.errors import FerLabError
 
 EXPERIMENT = "predict-tests"
@@ -44,8 +44,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str
         pass
     with tracking.start_notebook_run("03_train", {}, tracking_uri=uri, experiment=EXPERIMENT,
                                      parent_run_id=parent.info.run_id) as run:
-        mlflow.keras.log_model(tiny_model(), name="model",
-                               metadata={"labels": list(data.CLASSES), "input_size": 48})
+        train.log_model(tiny_model(), data.CLASSES)
     return uri, parent.info.run_id, run.info.run_id
 
 
@@ -134,9 +133,15 @@ def test_model_references(model_store: tuple[str, str, str]) -> None:
     assert predict.default_model_reference(EXPERIMENT, tracking_uri=uri) == run_id
     loaded = predict.load_model(f"runs:/{run_id}/model", uri)
     assert loaded.labels == data.CLASSES and loaded.input_size == 48
-    with pytest.raises(FerLabError, match="cannot load model"):
+    mlflow.register_model(f"runs:/{run_id}/model", "tiny-fer")
+    registered = predict.load_model("models:/tiny-fer/1", uri)
+    assert registered.labels == data.CLASSES
+    np.testing.assert_array_equal(registered.model.get_weights()[-1], loaded.model.get_weights()[-1])
+    with pytest.raises(FerLabError, match="run 0123456789abcdef0123456789abcdef has no loadable model"):
         predict.load_model("runs:/0123456789abcdef0123456789abcdef/model", uri)
-    with pytest.raises(FerLabError, match="no finished 03_train run"):
+    with pytest.raises(FerLabError, match="cannot load model 'models:/no-such-model/1'"):
+        predict.load_model("models:/no-such-model/1", uri)
+    with pytest.raises(FerLabError, match="has no finished 03_train run"):
         predict.default_model_reference("no-such-experiment", tracking_uri=uri)
 
 

@@ -156,6 +156,17 @@ def test_demo_inputs_hold_detectable_faces(predictor: predict.Predictor, tmp_pat
     capture.release()
     assert [path.name for path in demo.stills] == ["group.jpg", "portrait_gray.png"]
     assert Image.open(demo.stills[1]).mode == "L"
-    assert demo.truth.groupby("path").size().to_dict() == {"demo.mp4": 5, "group.jpg": 3, "portrait_gray.png": 1}
-    found = predict.Predictor(predictor.loaded).predict_files(demo.stills).faces.groupby("path").size()
-    assert found.to_dict() == {str(demo.stills[0]): 3, str(demo.stills[1]): 1}
+    assert demo.truth.groupby("file").size().to_dict() == {"demo.mp4": 5, "group.jpg": 3, "portrait_gray.png": 1}
+    stills = predict.Predictor(predictor.loaded).predict_files(demo.stills)
+    assert stills.faces.groupby("path").size().to_dict() == {str(demo.stills[0]): 3, str(demo.stills[1]): 1}
+    group = stills.table[stills.table["path"] == str(demo.stills[0])]
+    shown = demo.truth[demo.truth["file"] == "group.jpg"]
+    assert sorted(video.true_labels(group, demo.stills[0].name, demo.truth)) == sorted(shown["label"])
+    clip = video.analyze_video(demo.video, predictor, sample_fps=10)
+    truth = video.true_labels(clip.frames, "demo.mp4", demo.truth)
+    first_person = demo.truth[(demo.truth["file"] == "demo.mp4") & (demo.truth["person"] == 1)]
+    on_left = clip.frames["x1"] < 320
+    assert truth[on_left & (clip.frames["time"] < first_person["end"].iloc[0])].isin(
+        ["", first_person["label"].iloc[0]]).all()
+    assert (truth != "").sum() >= 0.8 * (clip.frames["label"] != "").sum()
+    assert len(video.preview_frames(demo.video, 4)) == 4
