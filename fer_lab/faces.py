@@ -1,0 +1,383 @@
+"""Face detection on small grayscale images with dlib, in parallel over all cores, cached on disk.
+
+dlib's HOG detector looks at 80x80 windows, so a 48x48 FER image is first resized once to
+`size` pixels (bicubic) and given a replicated border of `padding` (a fraction of `size`) so the
+window fits around a face that fills the frame. Resizing once and running the detector without
+its own pyramid upsampling (`upsample=0`) is several times faster than `upsample=1` at the same
+quality on FER2013 (see benchmarks/bench_faces.py and notebook 02). At size 96 the window already
+covers most of the frame, and padding, which costs another pyramid level, did not improve the
+trade-off on FER2013, so the default uses none.
+
+Every detection is stored in an sqlite file per detector configuration, keyed by the sha1 of the
+image's pixels. The HOG detector is run with a low score floor and all scores above it are kept,
+so the decision threshold can change without detecting again. Finished chunks are committed as
+they arrive, so an interrupted run resumes where it stopped.
+
+Besides detections, each image gets two cheap pixel statistics used by `fer_lab.filtering`:
+`contrast` (2nd-98th percentile range) and `flatness` (share of pixels whose 3x3 neighbourhood
+varies by at most 4 grey levels: large for text, icons and flat placeholders, small for photos).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sqlite3
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fer_lab.errors import FerLabError
+
+MODELS = ("hog", "cnn")
+# The lowest HOG score kept in the cache; far below any useful threshold, so sweeps reuse it.
+HOG_SCORE_FLOOR = -2.5
+# Scores of at most this many detections are stored per image (best first).
+MAX_SCORES = 8
+# The CNN (MMOD) detector reports only detections it accepts, so its scores start at 0.
+CNN_SCORE_FLOOR = 0.0
+FLAT_RANGE = 4
+CACHE_VERSION = 1
+RESULT_COLUMNS = ("face_found", "n_faces", "face_score", "box_x0", "box_y0", "box_x1", "box_y1",
+                  "contrast", "flatness")
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """How to detect faces; `threshold` only decides, the other fields define what is cached."""
+
+    model: Literal["hog", "cnn"] = "hog"
+    size: int = 96
+    padding: float = 0.0
+    upsample: int = 0
+    threshold: float = -1.8
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise FerLabError(f"detector model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        if not 16 <= self.size <= 1024:
+            raise FerLabError(f"detector size must be between 16 and 1024 pixels, not {self.size}")
+        if not 0.0 <= self.padding <= 1.0:
+            raise FerLabError(f"detector padding must be a fraction between 0 and 1, not {self.padding}")
+        if not 0 <= self.upsample <= 3:
+            raise FerLabError(f"detector upsample must be 0..3, not {self.upsample}")
+
+    @property
+    def score_floor(self) -> float:
+        """The lowest score the detector is asked to report."""
+        if self.model == "cnn":
+            return CNN_SCORE_FLOOR
+        return min(HOG_SCORE_FLOOR, self.threshold)
+
+    @property
+    def pad_pixels(self) -> int:
+        return int(round(self.padding * self.size))
+
+    def cache_name(self) -> str:
+        """File stem naming everything that changes a detection (not the decision threshold)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "threshold"}
+        fields.update(floor=self.score_floor, version=CACHE_VERSION)
+        digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.model}-s{self.size}-p{self.padding:g}-u{self.upsample}-{digest}"
+
+    def label(self) -> str:
+        """Short human-readable description, for tables and plots."""
+        return f"{self.model} size={self.size} pad={self.padding:g} up={self.upsample} thr={self.threshold:g}"
+
+
+@dataclass
+class Detections:
+    """Per-image results in input order, and how many were computed vs read from the cache."""
+
+    table: pd.DataFrame
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+    settings: DetectorSettings = field(default_factory=DetectorSettings)
+
+
+def pixel_key(image: np.ndarray) -> str:
+    """sha1 of an image's uint8 pixels: the cache key, identical for exact duplicates."""
+    return hashlib.sha1(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def prepare(image: np.ndarray, settings: DetectorSettings) -> np.ndarray:
+    """The image the detector sees: resized to `size` (bicubic) with a replicated border."""
+    resized = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((settings.size, settings.size),
+                                                                          Image.Resampling.BICUBIC)
+    pixels = np.asarray(resized)
+    pad = settings.pad_pixels
+    return np.pad(pixels, pad, mode="edge") if pad else pixels
+
+
+def pixel_statistics(image: np.ndarray) -> tuple[float, float]:
+    """(contrast, flatness) of a 2-D uint8 image; see the module docstring."""
+    pixels = np.asarray(image, dtype=np.uint8)
+    cumulative = np.cumsum(np.bincount(pixels.ravel(), minlength=256)) / pixels.size
+    low, high = np.searchsorted(cumulative, 0.02), np.searchsorted(cumulative, 0.98)
+    padded = np.pad(pixels, 1, mode="edge").astype(np.int16)
+    # 3x3 max and min, separably: rows first, then columns.
+    row_max = np.maximum(np.maximum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    row_min = np.minimum(np.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    local_max = np.maximum(np.maximum(row_max[:-2], row_max[1:-1]), row_max[2:])
+    local_min = np.minimum(np.minimum(row_min[:-2], row_min[1:-1]), row_min[2:])
+    return float(high - low), float(np.mean(local_max - local_min <= FLAT_RANGE))
+
+
+class _Detector:
+    """One dlib detector per process, mapping its boxes back to the original image's pixels."""
+
+    def __init__(self, settings: DetectorSettings) -> None:
+        import dlib
+
+        self.settings = settings
+        if settings.model == "hog":
+            self._hog = dlib.get_frontal_face_detector()
+        else:
+            import face_recognition_models
+
+            self._cnn = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+
+    def __call__(self, image: np.ndarray) -> tuple[list[float], tuple[float, float, float, float] | None]:
+        """Scores of all detections (best first, at most MAX_SCORES) and the best one's box."""
+        prepared = prepare(image, self.settings)
+        if self.settings.model == "hog":
+            rects, scores, _ = self._hog.run(prepared, self.settings.upsample, self.settings.score_floor)
+            found = sorted(zip(scores, rects), key=lambda pair: -pair[0])
+        else:
+            found = sorted(((d.confidence, d.rect) for d in self._cnn(prepared, self.settings.upsample)),
+                           key=lambda pair: -pair[0])
+        if not found:
+            return [], None
+        scale = image.shape[1] / self.settings.size
+        pad = self.settings.pad_pixels
+        rect = found[0][1]
+        box = tuple(float(np.clip((value - pad) * scale, 0, limit)) for value, limit in (
+            (rect.left(), image.shape[1]), (rect.top(), image.shape[0]),
+            (rect.right(), image.shape[1]), (rect.bottom(), image.shape[0])))
+        return [round(float(score), 4) for score, _ in found[:MAX_SCORES]], box  # type: ignore[return-value]
+
+
+_worker_detector: _Detector | None = None
+
+
+def _init_worker(settings: DetectorSettings) -> None:
+    global _worker_detector
+    _worker_detector = _Detector(settings)
+
+
+def _detect_chunk(chunk: tuple[list[str], np.ndarray]) -> list[tuple[Any, ...]]:
+    """Cache rows for one chunk of images (runs in a worker process)."""
+    keys, images = chunk
+    assert _worker_detector is not None
+    return [_cache_row(key, image, _worker_detector) for key, image in zip(keys, images)]
+
+
+def _cache_row(key: str, image: np.ndarray, detector: _Detector) -> tuple[Any, ...]:
+    scores, box = detector(image)
+    contrast, flatness = pixel_statistics(image)
+    return (key, json.dumps(scores), *(box or (None,) * 4), contrast, flatness)
+
+
+class FaceCache:
+    """sqlite table of detections for one detector configuration under `cache_dir`."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str], settings: DetectorSettings) -> None:
+        self.path = Path(cache_dir) / f"{settings.cache_name()}.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS detections (sha1 TEXT PRIMARY KEY, scores TEXT NOT NULL, "
+            "x0 REAL, y0 REAL, x1 REAL, y1 REAL, contrast REAL NOT NULL, flatness REAL NOT NULL)"
+        )
+        self._db.commit()
+
+    def get(self, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """Stored rows for those of `keys` that are cached."""
+        wanted = set(keys)
+        rows = self._db.execute("SELECT * FROM detections").fetchall() if len(wanted) > 5000 else [
+            row for batch in _batches(sorted(wanted), 900) for row in self._db.execute(
+                f"SELECT * FROM detections WHERE sha1 IN ({','.join('?' * len(batch))})", batch)]
+        return {row[0]: row for row in rows if row[0] in wanted}
+
+    def put(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Store rows and commit at once, so they survive an interruption."""
+        self._db.executemany("INSERT OR REPLACE INTO detections VALUES (?,?,?,?,?,?,?,?)", rows)
+        self._db.commit()
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM detections").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def detect(
+    images: np.ndarray,
+    settings: DetectorSettings = DetectorSettings(),
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    keys: Sequence[str] | None = None,
+    workers: int | None = None,
+    chunk_size: int = 256,
+    progress: bool = False,
+) -> Detections:
+    """Detect faces in uint8 (N, H, W) grayscale `images`; one result row per image, in order.
+
+    `keys` (default: pixel sha1) name images in the cache; equal keys are detected once.
+    Without `cache_dir` nothing is stored. `workers` defaults to all cores; small jobs run in
+    this process.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise FerLabError(f"detect expects uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
+    keys = [pixel_key(image) for image in images] if keys is None else list(keys)
+    if len(keys) != len(images):
+        raise FerLabError(f"{len(keys)} keys for {len(images)} images")
+    started = time.perf_counter()
+    stored, computed = _detect_keys(keys, lambda rows: images[rows], settings, cache_dir, workers, chunk_size,
+                                    progress)
+    table = results_table([stored[key] for key in keys], settings.threshold)
+    return Detections(table, computed=computed, cached=len(stored) - computed,
+                      seconds=time.perf_counter() - started, settings=settings)
+
+
+def detect_manifest(
+    manifest: pd.DataFrame,
+    data_path: str | os.PathLike[str],
+    settings: DetectorSettings = DetectorSettings(),
+    work_dir: str | os.PathLike[str] | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Detections:
+    """Detections for every readable manifest row; unreadable rows get no face and NaN statistics.
+
+    The cache lives in `<work_dir>/cache/faces/` and is keyed by the manifest's pixel sha1;
+    pixels are loaded only for rows not cached yet, so a cached re-run reads no image.
+    """
+    from fer_lab import data
+
+    readable = manifest["readable"].astype(bool).to_numpy()
+    rows = np.flatnonzero(readable)
+    readable_rows = manifest.iloc[rows].reset_index(drop=True)
+
+    def load(positions: np.ndarray) -> np.ndarray:
+        return data.load_pixels(data_path, readable_rows.iloc[positions].reset_index(drop=True))
+
+    cache_dir = Path(work_dir) / "cache" / "faces" if work_dir is not None else None
+    keys = list(readable_rows["sha1"].astype(str))
+    started = time.perf_counter()
+    stored, computed = _detect_keys(keys, load, settings, cache_dir, workers, 256, progress)
+    found = iter(keys)
+    table = results_table([stored[next(found)] if ok else _UNREADABLE_ROW for ok in readable], settings.threshold)
+    table.index = manifest.index
+    return Detections(table, computed=computed, cached=len(set(keys)) - computed,
+                      seconds=time.perf_counter() - started, settings=settings)
+
+
+# What an unreadable image gets: no detections, unknown statistics.
+_UNREADABLE_ROW = ("", "[]", None, None, None, None, None, None)
+
+
+def _detect_keys(
+    keys: list[str],
+    load: Callable[[np.ndarray], np.ndarray],
+    settings: DetectorSettings,
+    cache_dir: str | os.PathLike[str] | None,
+    workers: int | None,
+    chunk_size: int,
+    progress: bool,
+) -> tuple[dict[str, tuple[Any, ...]], int]:
+    """Cache rows for `keys` and how many were computed; missing ones are detected on `load(rows)`."""
+    first_row = {key: row for row, key in reversed(list(enumerate(keys)))}
+    cache = FaceCache(cache_dir, settings) if cache_dir is not None else None
+    try:
+        stored = cache.get(list(first_row)) if cache is not None else {}
+        missing = [key for key in first_row if key not in stored]
+        if missing:
+            images = load(np.array([first_row[key] for key in missing]))
+            for computed in _compute(missing, images, settings, workers, chunk_size, progress):
+                if cache is not None:
+                    cache.put(computed)
+                stored.update((row[0], row) for row in computed)
+    finally:
+        if cache is not None:
+            cache.close()
+    return stored, len(missing)
+
+
+def _compute(
+    keys: list[str],
+    images: np.ndarray,
+    settings: DetectorSettings,
+    workers: int | None,
+    chunk_size: int,
+    progress: bool,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Yield cache rows chunk by chunk as they finish, in a process pool when worth it."""
+    from tqdm import tqdm
+
+    chunks = [(keys[start:start + chunk_size], images[start:start + chunk_size])
+              for start in range(0, len(keys), chunk_size)]
+    workers = min(workers or available_cores(), len(chunks))
+    bar = tqdm(total=len(keys), desc=f"faces ({settings.model})", unit="img", disable=not progress,
+               mininterval=0.5)
+    try:
+        if workers <= 1:
+            _init_worker(settings)
+            for chunk in chunks:
+                computed = _detect_chunk(chunk)
+                bar.update(len(computed))
+                yield computed
+            return
+        # spawn, not fork: the notebook kernel may hold TensorFlow threads that fork would copy.
+        # An executor (unlike multiprocessing.Pool) fails instead of hanging when a worker dies.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(settings,)) as pool:
+            pending = [pool.submit(_detect_chunk, chunk) for chunk in chunks]
+            try:
+                for future in as_completed(pending):
+                    computed = future.result()
+                    bar.update(len(computed))
+                    yield computed
+            finally:
+                for future in pending:
+                    future.cancel()
+    finally:
+        bar.close()
+
+
+def results_table(rows: Sequence[tuple[Any, ...]], threshold: float) -> pd.DataFrame:
+    """Result columns (RESULT_COLUMNS) from cache rows, deciding faces at `threshold`."""
+    scores = [json.loads(row[1]) for row in rows]
+    best = np.array([s[0] if s else np.nan for s in scores], dtype=float)
+    n_faces = np.array([sum(score >= threshold for score in s) for s in scores], dtype=np.int64)
+    table = pd.DataFrame({"face_found": n_faces > 0, "n_faces": n_faces, "face_score": best})
+    for position, column in enumerate(RESULT_COLUMNS[3:], start=2):
+        table[column] = np.array([row[position] for row in rows], dtype=float)
+    return table
