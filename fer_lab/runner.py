@@ -231,7 +231,6 @@ def run_pipeline(
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MPLBACKEND", "Agg")
     kernel = _kernel_name()
     for index, notebook in enumerate(selected, start=1):
         name = notebook.stem
