@@ -1,0 +1,168 @@
+"""Training inputs: targets (hard, smoothed by FER+ votes), class weights, and fast tf.data pipelines.
+
+Pixels are decoded once (`data.load_pixels`, cached as .npy) and kept in memory as uint8. Each
+training epoch draws a seeded permutation; a batch is gathered and augmented with albumentations
+inside `tf.numpy_function`, with several batches prepared in parallel and prefetched, so the model
+rarely waits for its input. Batch `i` of epoch `e` is augmented with a seed derived from
+(seed, e, i): the same run sees the same images, also when it is resumed after a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from fer_lab import augment
+from fer_lab.errors import FerLabError
+
+CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
+# FER+ vote columns that correspond to FER2013 classes; contempt, unknown and NF are left out.
+VOTE_CLASS = {
+    "vote_anger": "angry", "vote_disgust": "disgust", "vote_fear": "fear", "vote_happiness": "happy",
+    "vote_neutral": "neutral", "vote_sadness": "sad", "vote_surprise": "surprise",
+}
+
+
+@dataclass
+class Split:
+    """Images of one split with their training targets (probability vectors) and per-image weights."""
+
+    pixels: np.ndarray  # uint8 (N, H, W)
+    targets: np.ndarray  # float32 (N, C), rows sum to 1
+    weights: np.ndarray | None = None  # float32 (N,), None = all equal
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim != 3 or self.pixels.dtype != np.uint8:
+            raise FerLabError(f"pixels must be uint8 (N, H, W), got {self.pixels.dtype} {self.pixels.shape}")
+        if len(self.targets) != len(self.pixels):
+            raise FerLabError(f"{len(self.pixels)} images but {len(self.targets)} targets")
+        if len(self.pixels) == 0:
+            raise FerLabError("a split with no images cannot be used for training or validation")
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def label_index(self) -> np.ndarray:
+        return self.targets.argmax(axis=1)
+
+
+def label_indices(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Class index of each label; an unknown label is an error naming it."""
+    lookup = {name: index for index, name in enumerate(classes)}
+    unknown = sorted(set(labels) - set(lookup))
+    if unknown:
+        raise FerLabError(f"labels {unknown} are not among the classes {list(classes)}")
+    return np.array([lookup[label] for label in labels], dtype=np.int64)
+
+
+def one_hot(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    return np.eye(len(classes), dtype=np.float32)[label_indices(labels, classes)]
+
+
+def vote_targets(rows: pd.DataFrame, classes: Sequence[str], mix: float) -> np.ndarray:
+    """Targets that blend the one-hot label with the FER+ crowd-vote distribution.
+
+    `mix` = 0 gives one-hot labels, 1 the vote distribution alone. Rows without usable votes (no
+    vote columns, NaN, or no votes for any of `classes`) keep their one-hot label.
+    """
+    hard = one_hot(rows["label"].tolist(), classes)
+    if mix <= 0:
+        return hard
+    if not 0 < mix <= 1:
+        raise FerLabError(f"soft_labels must be in [0, 1], not {mix}")
+    columns = [column for column, name in VOTE_CLASS.items() if name in classes]
+    if not set(columns) <= set(rows.columns):
+        raise FerLabError("soft_labels needs the manifest's vote_* columns (a ferplus_votes.csv in the data root)")
+    votes = np.zeros_like(hard)
+    for column in columns:
+        votes[:, list(classes).index(VOTE_CLASS[column])] = pd.to_numeric(rows[column], errors="coerce").fillna(0).to_numpy()
+    totals = votes.sum(axis=1, keepdims=True)
+    has_votes = totals[:, 0] > 0
+    soft = hard.copy()
+    soft[has_votes] = (1 - mix) * hard[has_votes] + mix * votes[has_votes] / totals[has_votes]
+    return soft
+
+
+def class_weights(label_index: np.ndarray, num_classes: int, mode: str = "none") -> np.ndarray:
+    """Per-class loss weights: `balanced` = N / (C * count), `sqrt` = its square root (gentler).
+
+    Weights are scaled so the average image weight is 1, which keeps the learning rate meaningful.
+    """
+    if mode not in CLASS_WEIGHT_MODES:
+        raise FerLabError(f"class_weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, not {mode!r}")
+    counts = np.bincount(label_index, minlength=num_classes).astype(np.float64)
+    if mode == "none":
+        return np.ones(num_classes, dtype=np.float32)
+    weights = np.where(counts > 0, len(label_index) / (num_classes * np.maximum(counts, 1)), 0.0)
+    if mode == "sqrt":
+        weights = np.sqrt(weights)
+    weights /= (weights[label_index]).mean()
+    return weights.astype(np.float32)
+
+
+def make_split(rows: pd.DataFrame, pixels: np.ndarray, classes: Sequence[str], *, soft_labels: float = 0.0,
+               weights: np.ndarray | None = None) -> Split:
+    """A `Split` for manifest `rows` and their pixels; `weights` are per-class weights."""
+    targets = vote_targets(rows, classes, soft_labels)
+    per_image = None if weights is None else (targets @ weights).astype(np.float32)
+    return Split(np.ascontiguousarray(pixels, dtype=np.uint8), targets, per_image)
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    """Full batches per epoch (the remainder is dropped, so every step has the same shape)."""
+    return max(1, num_images // batch_size)
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + batch) % (2**31 - 1)
+
+
+def training_dataset(split: Split, *, batch_size: int, augmentation: augment.AugmentConfig, seed: int,
+                     epoch: int) -> tf.data.Dataset:
+    """One epoch of shuffled, augmented batches: (float32 images (B, H, W, 1), targets[, weights])."""
+    size = len(split)
+    batch_size = min(batch_size, size)
+    steps = steps_per_epoch(size, batch_size)
+    order = np.random.default_rng([seed, epoch]).permutation(size)
+    local = threading.local()  # albumentations pipelines keep state: one per worker thread
+
+    def load(index: np.ndarray) -> tuple[np.ndarray, ...]:
+        chosen = np.sort(order[int(index) * batch_size:(int(index) + 1) * batch_size])
+        images = split.pixels[chosen]
+        if augmentation.enabled:
+            if not hasattr(local, "pipeline"):
+                local.pipeline = augment.build_pipeline(augmentation)
+            local.pipeline.set_random_seed(batch_seed(seed, epoch, int(index)))
+            images = augment.augment_batch(local.pipeline, images)
+        batch = (images.astype(np.float32)[..., None], split.targets[chosen])
+        return batch if split.weights is None else (*batch, split.weights[chosen])
+
+    height, width = split.pixels.shape[1:]
+    shapes = [(batch_size, height, width, 1), (batch_size, split.targets.shape[1])]
+    if split.weights is not None:
+        shapes.append((batch_size,))
+
+    def load_tensors(index: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        tensors = tf.numpy_function(load, [index], [tf.float32] * len(shapes), stateful=False)
+        for tensor, shape in zip(tensors, shapes):
+            tensor.set_shape(shape)
+        return tuple(tensors)
+
+    return (tf.data.Dataset.range(steps)
+            .map(load_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def eval_dataset(split: Split, batch_size: int = 256) -> tf.data.Dataset:
+    """Un-augmented batches in order, for validation."""
+    images = split.pixels[..., None]
+    return (tf.data.Dataset.from_tensor_slices((images, split.targets))
+            .batch(batch_size)
+            .map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))

@@ -1,0 +1,408 @@
+"""Phased, resumable training with MLflow tracking, and the one loader for trained models.
+
+`train()` runs a `Schedule` epoch by epoch. After every epoch it writes, in this order, the model
+with its optimizer state (`last.keras`), the best model so far (`best.keras`) and `state.json`
+(finished epochs, history, best epoch): a process killed at any point resumes from the last
+finished epoch, in the same MLflow run, without redoing or losing an epoch. The model it returns
+is the best checkpoint by the validation metric over all phases, not the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+
+from fer_lab import augment, inputs, models, schedule
+from fer_lab.errors import FerLabError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+STATE_FILE = "state.json"
+LAST_MODEL = "last.keras"
+BEST_MODEL = "best.keras"
+MODEL_ARTIFACT = "model"
+FILTERED_MANIFEST = "filtered_manifest.csv"
+MONITORS = {"val_accuracy": "max", "val_loss": "min"}
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
+                 "images_per_s", "val_time_s", "phase", "cycle")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run computes (and so whether a checkpoint can be resumed)."""
+
+    model: models.ModelConfig = field(default_factory=models.ModelConfig)
+    schedule: schedule.Schedule = field(
+        default_factory=lambda: schedule.Schedule((schedule.Phase("all", 10),))
+    )
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | balanced | sqrt
+    soft_labels: float = 0.0  # weight of the FER+ vote distribution in the targets
+    augment: augment.AugmentConfig = field(default_factory=augment.AugmentConfig)
+    freeze_batchnorm: str = "auto"  # auto (= when the weights are pretrained) | true | false
+    monitor: str = "val_accuracy"
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto (= on a GPU) | true | false
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise FerLabError(f"monitor must be one of {', '.join(MONITORS)}, not {self.monitor!r}")
+        if self.batch_size < 1:
+            raise FerLabError(f"batch_size must be positive, not {self.batch_size}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise FerLabError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
+        for name in ("freeze_batchnorm", "mixed_precision"):
+            if str(getattr(self, name)).lower() not in ("auto", "true", "false"):
+                raise FerLabError(f"{name} must be auto, true or false, not {getattr(self, name)!r}")
+
+    @classmethod
+    def from_params(
+        cls,
+        *,
+        backbone: str,
+        image_size: int,
+        weights: str,
+        phases: Sequence[dict[str, Any]],
+        cycles: int = 1,
+        head: dict[str, Any] | None = None,
+        cnn: dict[str, Any] | None = None,
+        augment_params: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> "TrainConfig":
+        """Build from the plain values of notebook parameters / YAML."""
+        return cls(
+            model=models.model_config_from_params(backbone, image_size, weights, head, cnn),
+            schedule=schedule.Schedule.from_config(phases, cycles),
+            augment=augment.AugmentConfig.from_dict(augment_params),
+            **{key: (str(value).lower() if key in ("freeze_batchnorm", "mixed_precision") else value)
+               for key, value in options.items()},
+        )
+
+    @property
+    def batchnorm_frozen(self) -> bool:
+        mode = str(self.freeze_batchnorm).lower()
+        return self.model.pretrained if mode == "auto" else mode == "true"
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["schedule"] = self.schedule.to_config()
+        return values
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class TrainResult:
+    """What a training call produced: the best model and the full per-epoch history."""
+
+    model: keras.Model
+    history: pd.DataFrame
+    best_epoch: int
+    best_value: float
+    monitor: str
+    checkpoint_dir: Path
+    resumed_after: int  # epochs that were already finished when this call started
+    compiles: int  # how many times this call (re-)compiled the model: once per phase it started
+
+
+def use_mixed_precision(mode: str) -> bool:
+    """Set Keras' global dtype policy: mixed_float16 on a GPU when `auto`, never on CPU (no gain there)."""
+    import tensorflow as tf
+
+    mode = str(mode).lower()
+    enabled = mode == "true" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    keras.mixed_precision.set_global_policy("mixed_float16" if enabled else "float32")
+    return enabled
+
+
+def train(
+    config: TrainConfig,
+    train_split: inputs.Split,
+    val_split: inputs.Split,
+    labels: Sequence[str],
+    checkpoint_dir: str | os.PathLike[str],
+    *,
+    run_id: str = "",
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Run (or resume) the schedule; return the best model over all phases.
+
+    `run_id` is the MLflow run the checkpoint belongs to; default is the active run, and metrics go
+    to the active run when there is one. A checkpoint of another run is discarded (this is a new run);
+    a checkpoint of the same run made with other settings is an error.
+    """
+    import mlflow
+
+    labels = list(labels)
+    if train_split.targets.shape[1] != len(labels) or val_split.targets.shape[1] != len(labels):
+        raise FerLabError(f"targets have {train_split.targets.shape[1]} classes but there are {len(labels)} labels")
+    active = mlflow.active_run()
+    run_id = run_id or (active.info.run_id if active else "")
+    checkpoint_dir = Path(checkpoint_dir)
+    state = _load_state(checkpoint_dir, config, run_id, log)
+    use_mixed_precision(config.mixed_precision)
+    plan = config.schedule.plan()
+    total_epochs = config.schedule.total_epochs
+    steps = inputs.steps_per_epoch(len(train_split), min(config.batch_size, len(train_split)))
+    val_data = inputs.eval_dataset(val_split)
+    best_sign = 1.0 if MONITORS[config.monitor] == "max" else -1.0
+
+    completed = state["completed_epochs"]
+    if completed:
+        model = keras.models.load_model(checkpoint_dir / LAST_MODEL)  # with its optimizer state
+        log(f"resuming after epoch {completed}/{total_epochs} from {checkpoint_dir / LAST_MODEL}")
+        if active is not None:
+            _relog_missing_epochs(run_id, state["history"])
+    else:
+        model = models.build_model(config.model, len(labels), train_split.pixels.shape[1], seed=config.seed)
+        _write_state(checkpoint_dir, {**state, "run_id": run_id})
+    if active is not None:
+        mlflow.set_tags({"schedule": config.schedule.describe(), "total_epochs": str(total_epochs),
+                         "model": models.describe(config.model)})
+
+    compiles = 0
+    for planned in plan:
+        if planned.last_epoch <= completed:
+            continue
+        if completed < planned.first_epoch:
+            trainable = schedule.compile_phase(model, planned, steps, freeze_batchnorm=config.batchnorm_frozen,
+                                               label_smoothing=config.label_smoothing)
+            compiles += 1
+        else:  # resumed inside this phase: the checkpoint carries its trainable flags and optimizer
+            trainable = {"trainable": planned.phase.trainable, **models.count_params(model)}
+        log(f"phase {planned.tag} ({planned.phase.trainable}, {planned.phase.optimizer} lr {planned.phase.lr:g} "
+            f"{planned.phase.lr_schedule}): epochs {planned.first_epoch}-{planned.last_epoch}, "
+            f"{trainable['trainable']:,} trainable / {trainable['non_trainable']:,} frozen parameters")
+        if active is not None:
+            mlflow.set_tag("phase", planned.tag)
+        for epoch in range(max(planned.first_epoch, completed + 1), planned.last_epoch + 1):
+            row = _run_epoch(model, config, planned, epoch, train_split, val_data, steps)
+            state["history"].append(row)
+            value = row[config.monitor]
+            if state["best_epoch"] == 0 or best_sign * (value - state["best_value"]) > 0:
+                state["best_epoch"], state["best_value"] = epoch, value
+            _save_checkpoint(model, checkpoint_dir, best=state["best_epoch"] == epoch)
+            state["completed_epochs"] = completed = epoch
+            _write_state(checkpoint_dir, state)
+            if active is not None:
+                _log_epoch(row)
+            log(f"epoch {epoch}/{total_epochs} [{planned.tag}] loss {row['train_loss']:.4f} "
+                f"acc {row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} "
+                f"| lr {row['lr']:.2e} | {row['epoch_time_s']:.0f}s, {row['images_per_s']:.0f} img/s")
+
+    best = keras.models.load_model(checkpoint_dir / BEST_MODEL)
+    history = pd.DataFrame(state["history"])
+    if active is not None:
+        mlflow.log_metrics({"best_epoch": state["best_epoch"], f"best_{config.monitor}": state["best_value"]})
+    return TrainResult(best, history, state["best_epoch"], state["best_value"], config.monitor,
+                       checkpoint_dir, state["resumed_after"], compiles)
+
+
+def _run_epoch(model: keras.Model, config: TrainConfig, planned: schedule.PlannedPhase, epoch: int,
+               train_split: inputs.Split, val_data: Any, steps: int) -> dict[str, Any]:
+    dataset = inputs.training_dataset(train_split, batch_size=config.batch_size, augmentation=config.augment,
+                                      seed=config.seed, epoch=epoch)
+    learning_rate = schedule.current_learning_rate(model)
+    started = time.perf_counter()
+    fitted = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    validated = model.evaluate(val_data, verbose=0, return_dict=True)
+    val_seconds = time.perf_counter() - started
+    images = steps * min(config.batch_size, len(train_split))
+    return {
+        "epoch": epoch, "phase_tag": planned.tag, "phase": planned.index, "cycle": planned.cycle,
+        "train_loss": float(fitted.history["loss"][-1]), "train_accuracy": float(fitted.history["accuracy"][-1]),
+        "val_loss": float(validated["loss"]), "val_accuracy": float(validated["accuracy"]),
+        "lr": learning_rate, "epoch_time_s": train_seconds,
+        "images_per_s": images / train_seconds, "val_time_s": val_seconds,
+    }
+
+
+def _fresh_state(config: TrainConfig, run_id: str) -> dict[str, Any]:
+    return {"config_fingerprint": config.fingerprint(), "config": config.to_dict(), "run_id": run_id,
+            "completed_epochs": 0, "best_epoch": 0, "best_value": math.nan, "history": [], "resumed_after": 0}
+
+
+def _load_state(checkpoint_dir: Path, config: TrainConfig, run_id: str, log: Callable[[str], None]) -> dict[str, Any]:
+    state_file = checkpoint_dir / STATE_FILE
+    if not state_file.is_file():
+        return _fresh_state(config, run_id)
+    try:
+        state = json.loads(state_file.read_text())
+    except json.JSONDecodeError as error:
+        raise FerLabError(f"{state_file}: unreadable checkpoint state ({error}); delete {checkpoint_dir} to start over")
+    if run_id and state.get("run_id") and state["run_id"] != run_id:
+        log(f"{checkpoint_dir} holds run {state['run_id']}, not {run_id}: starting a new training")
+        shutil.rmtree(checkpoint_dir)
+        return _fresh_state(config, run_id)
+    if state.get("config_fingerprint") != config.fingerprint():
+        raise FerLabError(
+            f"{checkpoint_dir} holds a checkpoint of this run made with different settings; resume it with the "
+            f"same parameters, or use another run_name / delete {checkpoint_dir} to start over"
+        )
+    if state["completed_epochs"] and not (checkpoint_dir / LAST_MODEL).is_file():
+        raise FerLabError(f"{checkpoint_dir}: state says {state['completed_epochs']} epochs but {LAST_MODEL} is missing")
+    state["resumed_after"] = state["completed_epochs"]
+    return state
+
+
+def _write_state(checkpoint_dir: Path, state: dict[str, Any]) -> None:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    partial = checkpoint_dir / f"{STATE_FILE}.tmp"
+    partial.write_text(json.dumps(state, indent=1, default=float))
+    os.replace(partial, checkpoint_dir / STATE_FILE)
+
+
+def _save_checkpoint(model: keras.Model, checkpoint_dir: Path, *, best: bool) -> None:
+    """Replace last.keras (and best.keras) atomically: a kill mid-write leaves the previous files intact."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    partial = checkpoint_dir / "last.partial.keras"
+    model.save(partial)
+    if best:
+        best_partial = checkpoint_dir / "best.partial.keras"
+        shutil.copyfile(partial, best_partial)
+        os.replace(best_partial, checkpoint_dir / BEST_MODEL)
+    os.replace(partial, checkpoint_dir / LAST_MODEL)
+
+
+def _log_epoch(row: dict[str, Any]) -> None:
+    from fer_lab import tracking
+
+    tracking.log_metrics({name: row[name] for name in EPOCH_METRICS}, step=int(row["epoch"]))
+
+
+def _relog_missing_epochs(run_id: str, history: list[dict[str, Any]]) -> None:
+    """Log epochs that reached the checkpoint but not MLflow (a kill between the two writes)."""
+    from mlflow import MlflowClient
+
+    logged = {metric.step for metric in MlflowClient().get_metric_history(run_id, "val_accuracy")}
+    for row in history:
+        if int(row["epoch"]) not in logged:
+            _log_epoch(row)
+
+
+def plot_history(history: pd.DataFrame, plan: Sequence[schedule.PlannedPhase]) -> "Figure":
+    """Loss, accuracy and learning rate per global epoch, with the phase boundaries marked."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, metric in zip(axes[:2], ("loss", "accuracy")):
+        ax.plot(history["epoch"], history[f"train_{metric}"], "o-", label="train", markersize=3)
+        ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="val", markersize=3)
+        ax.set_title(metric)
+        ax.legend(loc="best")
+    axes[2].plot(history["epoch"], history["lr"], "o-", color="tab:green", markersize=3)
+    axes[2].set_yscale("log")
+    axes[2].set_title("learning rate (start of epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        for planned in plan:
+            ax.axvline(planned.first_epoch - 0.5, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(planned.first_epoch - 0.4, 1.0, planned.tag, transform=ax.get_xaxis_transform(),
+                    fontsize=7, va="top", color="grey")
+    fig.tight_layout()
+    return fig
+
+
+def log_model(model: keras.Model, labels: Sequence[str], input_size: int = models.INPUT_SIZE) -> str:
+    """Log `model` to the active MLflow run at `model` (Keras 3 flavor, pyfunc-loadable); return its URI."""
+    import mlflow
+    import tensorflow as tf
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, input_size, input_size, 1), "pixels")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)), "probabilities")]),
+    )
+    info = mlflow.keras.log_model(
+        model,
+        name=MODEL_ARTIFACT,
+        signature=signature,
+        metadata={"labels": list(labels), "input_size": int(input_size)},
+        # Pinned here: inferring requirements would load the model again in a subprocess.
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+    )
+    return info.model_uri
+
+
+def load_run_model(run_id: str, tracking_uri: str = "") -> tuple[keras.Model, list[str]]:
+    """The model a 03_train run logged, with its class labels in output order."""
+    import mlflow
+
+    from fer_lab import tracking
+
+    if tracking_uri:
+        tracking.configure(tracking_uri)
+    uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    try:
+        info = mlflow.models.get_model_info(uri)
+        model = mlflow.keras.load_model(uri)
+    except Exception as error:  # MLflow raises several types for a missing run or model
+        raise FerLabError(f"run {run_id} has no loadable model at {MODEL_ARTIFACT}: {' '.join(str(error).split())[:300]}") from error
+    labels = (info.metadata or {}).get("labels")
+    if not labels:
+        raise FerLabError(f"model of run {run_id} carries no labels in its metadata")
+    return model, list(labels)
+
+
+def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str],
+                config: TrainConfig) -> tuple[inputs.Split, inputs.Split, np.ndarray]:
+    """Train and val `Split`s from manifest rows (column `split`) and their pixels, plus the class weights."""
+    if len(rows) != len(pixels):
+        raise FerLabError(f"{len(rows)} manifest rows but {len(pixels)} images")
+    is_train = (rows["split"] == "train").to_numpy()
+    is_val = (rows["split"] == "val").to_numpy()
+    if not is_train.any() or not is_val.any():
+        raise FerLabError(f"training needs train and val images; the manifest has {int(is_train.sum())} train "
+                          f"and {int(is_val.sum())} val rows")
+    train_rows = rows[is_train]
+    weights = inputs.class_weights(inputs.label_indices(train_rows["label"].tolist(), labels), len(labels),
+                                   config.class_weights)
+    per_class = None if config.class_weights == "none" else weights
+    train_split = inputs.make_split(train_rows, pixels[is_train], labels, soft_labels=config.soft_labels,
+                                    weights=per_class)
+    val_split = inputs.make_split(rows[is_val], pixels[is_val], labels)
+    return train_split, val_split, weights
+
+
+def training_manifest(data_path: str | os.PathLike[str], work_path: str | os.PathLike[str], *,
+                      use_filtered: bool = True, seed: int = 0) -> tuple[pd.DataFrame, str]:
+    """The readable rows to train on and the manifest's name: 02's filtered manifest when asked and present."""
+    from fer_lab import data
+
+    manifest = data.load_or_build_manifest(data_path, work_path, seed=seed)
+    manifest = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
+    filtered_file = Path(work_path) / FILTERED_MANIFEST
+    if not (use_filtered and filtered_file.is_file()):
+        return manifest, "manifest.csv"
+    filtered = data.read_manifest(filtered_file)
+    strangers = set(filtered["path"]) - set(manifest["path"])
+    if strangers:
+        raise FerLabError(f"{filtered_file} lists {len(strangers)} images that are not in {data_path} "
+                          f"(e.g. {sorted(strangers)[0]}); re-run 02_filter_faces for this dataset")
+    return filtered[filtered["readable"].astype(bool)].reset_index(drop=True), FILTERED_MANIFEST
+
+
+def class_table(rows: pd.DataFrame, labels: Sequence[str], weights: np.ndarray) -> pd.DataFrame:
+    """Images per class in train and val, with the loss weight each class gets."""
+    counts = pd.crosstab(rows["label"], rows["split"]).reindex(index=list(labels), fill_value=0)
+    table = pd.DataFrame({split: counts[split] if split in counts else 0 for split in ("train", "val")})
+    table["train_share"] = (table["train"] / max(1, table["train"].sum())).round(4)
+    table["loss_weight"] = np.round(weights, 3)
+    return table
