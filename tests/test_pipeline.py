@@ -1,0 +1,118 @@
+"""The real notebook pipeline on the embedded sample: papermill executes, MLflow records."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fer_lab import project, runner
+
+pytestmark = pytest.mark.slow
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+@pytest.fixture(scope="module")
+def ci_pipeline(sample_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    result = runner.run_pipeline(
+        data_dir=sample_dir, params_files=[project.PARAMS_DIR / "ci.yaml"], out_dir=tmp / "report",
+        overrides={"tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}", "work_dir": str(tmp / "work")},
+    )
+    return result
+
+
+def test_ci_pipeline_runs_every_notebook(ci_pipeline):
+    assert ci_pipeline.ok, [nb.error for nb in ci_pipeline.notebooks if not nb.ok]
+    names = [nb.name for nb in ci_pipeline.notebooks]
+    assert names == [nb.stem for nb in runner.discover_notebooks()]
+    for nb in ci_pipeline.notebooks:
+        assert nb.notebook.is_file() and nb.html.is_file()
+    index = ci_pipeline.index.read_text()
+    assert all(f"{name}.html" in index for name in names)
+    assert "Dataset findings" in index
+
+
+def test_ci_pipeline_is_tracked_in_mlflow(ci_pipeline):
+    client = MlflowClient(ci_pipeline.tracking_uri)
+    parent = client.get_run(ci_pipeline.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dataset_fingerprint"]
+    for nb in ci_pipeline.notebooks:
+        run = client.get_run(nb.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == ci_pipeline.parent_run_id
+        assert run.data.tags["notebook"] == nb.name and run.data.tags["git_commit"]
+        assert run.data.params["data_dir"]
+        assert f"notebook/{nb.name}.ipynb" in _artifacts(client, nb.run_id, "notebook")
+
+
+def test_explore_finds_the_injected_noise(ci_pipeline, sample_dir):
+    import pandas as pd
+
+    client = MlflowClient(ci_pipeline.tracking_uri)
+    run = client.get_run(next(nb.run_id for nb in ci_pipeline.notebooks if nb.name == "01_explore"))
+    truth = pd.read_csv(sample_dir / "sample_truth.csv")
+    kinds = truth["kind"].value_counts()
+    metrics = run.data.metrics
+    assert metrics["images"] == len(truth)
+    assert metrics["leaked_images"] >= kinds.get("cross_split_duplicate", 0) > 0
+    assert metrics["conflicting_duplicate_groups"] >= kinds.get("mislabelled", 0) > 0
+    assert metrics["near_constant_images"] >= kinds.get("blank", 0) > 0
+    figures = _artifacts(client, run.info.run_id, "figures")
+    assert {"figures/class_distribution.png", "figures/mean_faces.png", "figures/leaked_images.png"} <= figures
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail("mlflow server exited during start-up")
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("mlflow server did not answer within 90 s")
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_pipeline_against_a_real_mlflow_server(mlflow_server, sample_dir, tmp_path):
+    result = runner.run_pipeline(
+        data_dir=sample_dir, only=["01"], out_dir=tmp_path / "report",
+        overrides={"tracking_uri": mlflow_server, "work_dir": str(tmp_path / "work")},
+    )
+    assert result.ok and result.tracking_uri == mlflow_server
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(result.notebooks[0].run_id)
+    assert run.data.metrics["images"] > 0
+    assert "notebook/01_explore.html" in _artifacts(client, run.info.run_id, "notebook")
+    assert (tmp_path / "server-artifacts").is_dir()
