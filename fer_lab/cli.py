@@ -89,6 +89,30 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _filter(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fer_lab import data, faces, filtering, project
+
+    data_path = project.resolve(args.path)
+    name = data_path.name.removesuffix(".gz").removesuffix(".csv")
+    work_dir = project.resolve(args.work_dir) if args.work_dir else project.WORK_DIR / name
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    detector_keys = ("model", "size", "padding", "upsample", "threshold")
+    settings = faces.DetectorSettings(**{key: given[key] for key in detector_keys if key in given})
+    rules = filtering.FilterRules(drop_duplicates=not args.keep_duplicates, **{
+        key: given[key] for key in ("blank_contrast", "noise_limit", "flat_weight") if key in given})
+    manifest = data.load_or_build_manifest(data_path, work_dir)
+    filtered, detections = filtering.filter_manifest(manifest, data_path, settings, rules, work_dir,
+                                                     workers=args.workers, progress=True)
+    data.write_manifest(filtered, Path(args.out))
+    print(filtering.rejection_table(filtered, by="split").to_string())
+    print(f"faces: {detections.computed} detected, {detections.cached} from the cache, {detections.seconds:.1f} s "
+          f"({settings.label()})")
+    print(f"filtered manifest: {int(filtered['keep'].sum())} of {len(filtered)} kept, written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="fer-lab", description=__doc__)
@@ -140,6 +164,31 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--format", choices=("folder", "csv"), default="folder",
                         help="Kaggle image folders or fer2013.csv + fer2013new.csv (default folder)")
     sample.set_defaults(handler=_sample)
+
+    filter_ = commands.add_parser("filter",
+                                  help="face-detection noise filter: write the manifest with keep/reject_reason")
+    filter_.add_argument("path", help="dataset: fer2013.csv(.gz), a folder holding one, or class/split folders")
+    filter_.add_argument("--out", required=True, help="filtered manifest CSV to write")
+    filter_.add_argument("--work-dir", help="manifest and face cache folder, shared with the notebooks "
+                                            "(default: data/work/<dataset name>, as `fer-lab run`)")
+    # Defaults live in faces.DetectorSettings / filtering.FilterRules; None here means "theirs".
+    filter_.add_argument("--model", choices=("hog", "cnn"),
+                         help="dlib detector (default hog; cnn is far slower on CPU)")
+    filter_.add_argument("--size", type=int,
+                         help="pixels the 48x48 image is resized to before detection (default 96)")
+    filter_.add_argument("--padding", type=float, help="replicated border, as a fraction of --size (default 0)")
+    filter_.add_argument("--upsample", type=int, help="dlib's own upsampling passes (default 0)")
+    filter_.add_argument("--threshold", type=float,
+                         help="minimum face evidence; lower keeps more faces (default -1.8)")
+    filter_.add_argument("--flat-weight", type=float,
+                         help="evidence penalty per unit of flatness (default 2; 0: off)")
+    filter_.add_argument("--noise-limit", type=float, help="reject images noisier than this (default 0.3)")
+    filter_.add_argument("--blank-contrast", type=float,
+                         help="reject images with a smaller 2-98%% grey range (default 10)")
+    filter_.add_argument("--keep-duplicates", action="store_true",
+                         help="do not reject duplicate or conflicting copies")
+    filter_.add_argument("--workers", type=int, default=None, help="detector processes (default: all cores)")
+    filter_.set_defaults(handler=_filter)
 
     return parser
 

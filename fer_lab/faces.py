@@ -49,6 +49,8 @@ MAX_SCORES = 8
 CNN_SCORE_FLOOR = 0.0
 FLAT_RANGE = 4
 CACHE_VERSION = 2
+# Below this many images a process pool costs more to start than it saves.
+MIN_IMAGES_FOR_POOL = 2000
 RESULT_COLUMNS = ("face_found", "n_faces", "face_score", "box_x0", "box_y0", "box_x1", "box_y1",
                   "contrast", "flatness", "noise")
 
@@ -258,8 +260,8 @@ def detect(
     """Detect faces in uint8 (N, H, W) grayscale `images`; one result row per image, in order.
 
     `keys` (default: pixel sha1) name images in the cache; equal keys are detected once.
-    Without `cache_dir` nothing is stored. `workers` defaults to all cores; small jobs run in
-    this process.
+    Without `cache_dir` nothing is stored. `workers` defaults to all cores, or to this process
+    alone for fewer than MIN_IMAGES_FOR_POOL images to detect.
     """
     images = np.asarray(images)
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -353,7 +355,9 @@ def _compute(
 
     chunks = [(keys[start:start + chunk_size], images[start:start + chunk_size])
               for start in range(0, len(keys), chunk_size)]
-    workers = min(workers or available_cores(), len(chunks))
+    if workers is None:
+        workers = available_cores() if len(keys) >= MIN_IMAGES_FOR_POOL else 1
+    workers = min(workers, len(chunks))
     bar = tqdm(total=len(keys), desc=f"faces ({settings.model})", unit="img", disable=not progress,
                mininterval=0.5)
     try:

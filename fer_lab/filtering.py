@@ -228,7 +228,8 @@ def rejection_table(filtered: pd.DataFrame, reference: pd.Series | None = None, 
     table["content_rejected_%"] = (100 * rejected.groupby(filtered[by]).mean()).round(2)
     if reference is not None and (reference == "face").any():
         faces_mask = reference == "face"
-        table["face_false_rejection_%"] = (100 * rejected[faces_mask].groupby(filtered.loc[faces_mask, by]).mean()).round(2)
+        by_group = rejected[faces_mask].groupby(filtered.loc[faces_mask, by])
+        table["face_false_rejection_%"] = (100 * by_group.mean()).round(2)
     total = table.sum(numeric_only=True)
     total["content_rejected_%"] = round(100 * float(rejected.mean()), 2)
     if "face_false_rejection_%" in table:
@@ -341,6 +342,7 @@ def tradeoff_figure(table: pd.DataFrame, chosen: tuple[DetectorSettings, FilterR
 def boxes_of(filtered: pd.DataFrame) -> list[list[tuple[float, float, float, float]]]:
     """Per row, the best detection as [(x, y, width, height)] for `plots.image_grid` ([] when none)."""
     result = []
-    for x0, y0, x1, y1, found in filtered[["box_x0", "box_y0", "box_x1", "box_y1", "face_found"]].itertuples(index=False):
+    columns = ["box_x0", "box_y0", "box_x1", "box_y1", "face_found"]
+    for x0, y0, x1, y1, found in filtered[columns].itertuples(index=False):
         result.append([(x0, y0, x1 - x0, y1 - y0)] if found and x0 == x0 else [])
     return result
