@@ -58,9 +58,11 @@ def _predict(args: argparse.Namespace) -> int:
 
     reference = args.model or predict.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)
     loaded = predict.load_model(reference, args.tracking_uri)
+    fer2013 = predict.Framing()
+    framing = predict.Framing(args.crop_scale or fer2013.scale, fer2013.lift if args.crop_lift is None else args.crop_lift)
     result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
-                                threshold=args.threshold, sample_fps=args.fps, detect_every=args.detect_every,
-                                progress=True)
+                                threshold=args.threshold, framing=framing, sample_fps=args.fps,
+                                detect_every=args.detect_every, progress=True)
     print(video.result_text(result))
     if args.out:
         print(f"written to {args.out}")
@@ -143,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-side", type=int, default=None,
                          help="longer side of the image the face detector sees (default 1024 images, 640 video)")
     predict.add_argument("--threshold", type=float, default=0.0, help="face detector score threshold (default 0)")
+    predict.add_argument("--crop-scale", type=float, default=None,
+                         help="crop side / detected face box side, as the training images frame faces "
+                              "(default: FER2013's; 06_apply prints the value measured on its dataset)")
+    predict.add_argument("--crop-lift", type=float, default=None,
+                         help="crop centre above the box centre, in box sides (default: FER2013's)")
     predict.set_defaults(handler=_predict)
 
     manifest = commands.add_parser("manifest", help="list a dataset (fer2013.csv, image folders) as a manifest CSV")

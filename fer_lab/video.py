@@ -642,6 +642,7 @@ def analyze_path(
     out_dir: str | os.PathLike[str] | None = None,
     max_side: int | None = None,
     threshold: float = 0.0,
+    framing: predict.Framing = predict.Framing(),
     sample_fps: float = 10.0,
     detect_every: int = 1,
     smooth_seconds: float = 1.0,
@@ -652,11 +653,12 @@ def analyze_path(
     Videos write `<stem>_frames.csv/.parquet`, `<stem>_faces.csv`, `<stem>_summary.csv`,
     `<stem>_annotated.mp4` and `<stem>_timeline.png`; images write `predictions.csv` and
     `<name>_annotated.jpg`. What was computed is written even when the result has warnings.
+    `framing` should be the training data's (`predict.measure_framing`); the default is FER2013's.
     """
     path = Path(path)
     if is_video(path):
         config = predict.DetectorConfig(max_side=max_side or VIDEO_MAX_SIDE, threshold=threshold)
-        predictor = predict.Predictor(loaded, predict.FaceDetector(config))
+        predictor = predict.Predictor(loaded, predict.FaceDetector(config), framing=framing)
         annotated = Path(out_dir) / f"{path.stem}_annotated.mp4" if out_dir is not None else None
         analysis = analyze_video(path, predictor, sample_fps=sample_fps, detect_every=detect_every,
                                  annotated_path=annotated, progress=progress)
@@ -665,7 +667,7 @@ def analyze_path(
             analysis.timeline(smooth_seconds).savefig(Path(out_dir) / f"{path.stem}_timeline.png", dpi=100)
         return analysis
     config = predict.DetectorConfig(max_side=max_side or IMAGE_MAX_SIDE, threshold=threshold)
-    predictor = predict.Predictor(loaded, predict.FaceDetector(config))
+    predictor = predict.Predictor(loaded, predict.FaceDetector(config), framing=framing)
     result = predictor.predict_files(predict.image_files(path), progress=progress)
     if out_dir is not None:
         result.save(out_dir)

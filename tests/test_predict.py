@@ -18,7 +18,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from fer_lab import cli, data, predict, tracking, train
+from fer_lab import cli, data, predict, preprocess, tracking, train
 from fer_lab.errors import FerLabError
 
 EXPERIMENT = "predict-tests"
@@ -118,10 +118,29 @@ def _save(image: np.ndarray, path: Path) -> Path:
     return path
 
 
+def test_framing_is_measured_back_from_training_like_crops(predictor: predict.Predictor) -> None:
+    # Training images cut around the astronaut's face with a known framing (and slight jitter),
+    # then measured: the framing comes back, and crops with it match those images.
+    photo = skimage.data.astronaut()
+    gray = preprocess.to_gray(photo)
+    box = predictor.detector(gray)[0][0]
+    known = predict.Framing(1.5, 0.15)
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(40):
+        jitter = predict.Framing(known.scale * rng.uniform(0.97, 1.03), known.lift + rng.uniform(-0.02, 0.02))
+        images.append(predict.face_inputs(gray, box[None], framing=jitter)[0])
+    measured = predict.measure_framing(np.stack(images))
+    assert measured.measured_on >= 20
+    assert measured.scale == pytest.approx(known.scale, rel=0.08)
+    assert measured.lift == pytest.approx(known.lift, abs=0.05)
+    assert predict.measure_framing(np.full((30, 48, 48), 128, np.uint8)) == predict.Framing()
+
+
 def test_crop_reaching_past_the_border_is_padded() -> None:
     gray = np.arange(100 * 80, dtype=np.uint32).reshape(100, 80).astype(np.uint8)
     crop = predict.crop_face(gray, (-10, -10, 30, 30))
-    side = round(40 * predict.CROP_SCALE)
+    side = round(40 * predict.FER2013_SCALE)
     assert crop.shape == (side, side)
     assert crop[0, 0] == gray[0, 0]  # replicated corner
     assert predict.face_inputs(gray, np.array([[-10, -10, 30, 30]])).shape == (1, 48, 48)
