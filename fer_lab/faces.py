@@ -9,7 +9,7 @@ covers most of the frame, and padding, which costs another pyramid level, did no
 trade-off on FER2013, so the default uses none.
 
 Every detection is stored in an sqlite file per detector configuration, keyed by the sha1 of the
-image's pixels. The HOG detector is run with a low score floor and all scores above it are kept,
+image's pixels. The HOG detector is run with a low score floor and its detections above it are kept,
 so the decision threshold can change without detecting again. Finished chunks are committed as
 they arrive, so an interrupted run resumes where it stopped.
 
@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import sqlite3
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,12 +44,14 @@ from fer_lab.errors import FerLabError
 MODELS = ("hog", "cnn")
 # The lowest HOG score kept in the cache; far below any useful threshold, so sweeps reuse it.
 HOG_SCORE_FLOOR = -2.5
-# Scores of at most this many detections are stored per image (best first).
-MAX_SCORES = 8
+# At most this many detections are stored per image (best first).
+MAX_DETECTIONS = 8
+# Two detections whose intersection covers more than this share of the smaller box are one face.
+SAME_FACE_OVERLAP = 0.3
 # The CNN (MMOD) detector reports only detections it accepts, so its scores start at 0.
 CNN_SCORE_FLOOR = 0.0
 FLAT_RANGE = 4
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # Below this many images a process pool costs more to start than it saves.
 MIN_IMAGES_FOR_POOL = 2000
 RESULT_COLUMNS = ("face_found", "n_faces", "face_score", "box_x0", "box_y0", "box_x1", "box_y1",
@@ -155,12 +158,13 @@ class _Detector:
         if settings.model == "hog":
             self._hog = dlib.get_frontal_face_detector()
         else:
-            import face_recognition_models
-
+            with warnings.catch_warnings():  # face_recognition_models still imports pkg_resources
+                warnings.simplefilter("ignore", UserWarning)
+                import face_recognition_models
             self._cnn = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
 
-    def __call__(self, image: np.ndarray) -> tuple[list[float], tuple[float, float, float, float] | None]:
-        """Scores of all detections (best first, at most MAX_SCORES) and the best one's box."""
+    def __call__(self, image: np.ndarray) -> list[list[float]]:
+        """Detections as [score, x0, y0, x1, y1] in `image`'s pixels, best first, at most MAX_DETECTIONS."""
         prepared = prepare(image, self.settings)
         if self.settings.model == "hog":
             rects, scores, _ = self._hog.run(prepared, self.settings.upsample, self.settings.score_floor)
@@ -168,15 +172,14 @@ class _Detector:
         else:
             found = sorted(((d.confidence, d.rect) for d in self._cnn(prepared, self.settings.upsample)),
                            key=lambda pair: -pair[0])
-        if not found:
-            return [], None
-        scale = image.shape[1] / self.settings.size
-        pad = self.settings.pad_pixels
-        rect = found[0][1]
-        box = tuple(float(np.clip((value - pad) * scale, 0, limit)) for value, limit in (
-            (rect.left(), image.shape[1]), (rect.top(), image.shape[0]),
-            (rect.right(), image.shape[1]), (rect.bottom(), image.shape[0])))
-        return [round(float(score), 4) for score, _ in found[:MAX_SCORES]], box  # type: ignore[return-value]
+        height, width = image.shape
+        scale, pad = width / self.settings.size, self.settings.pad_pixels
+
+        def place(value: int, limit: int) -> float:
+            return round(float(np.clip((value - pad) * scale, 0, limit)), 2)
+
+        return [[round(float(score), 4), place(rect.left(), width), place(rect.top(), height),
+                 place(rect.right(), width), place(rect.bottom(), height)] for score, rect in found[:MAX_DETECTIONS]]
 
 
 _worker_detector: _Detector | None = None
@@ -195,8 +198,7 @@ def _detect_chunk(chunk: tuple[list[str], np.ndarray]) -> list[tuple[Any, ...]]:
 
 
 def _cache_row(key: str, image: np.ndarray, detector: _Detector) -> tuple[Any, ...]:
-    scores, box = detector(image)
-    return (key, json.dumps(scores), *(box or (None,) * 4), *pixel_statistics(image))
+    return (key, json.dumps(detector(image)), *pixel_statistics(image))
 
 
 class FaceCache:
@@ -208,9 +210,8 @@ class FaceCache:
         self._db = sqlite3.connect(self.path, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS detections (sha1 TEXT PRIMARY KEY, scores TEXT NOT NULL, "
-            "x0 REAL, y0 REAL, x1 REAL, y1 REAL, contrast REAL NOT NULL, flatness REAL NOT NULL, "
-            "noise REAL NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS detections (sha1 TEXT PRIMARY KEY, detections TEXT NOT NULL, "
+            "contrast REAL NOT NULL, flatness REAL NOT NULL, noise REAL NOT NULL)"
         )
         self._db.commit()
 
@@ -224,7 +225,7 @@ class FaceCache:
 
     def put(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Store rows and commit at once, so they survive an interruption."""
-        self._db.executemany("INSERT OR REPLACE INTO detections VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        self._db.executemany("INSERT OR REPLACE INTO detections VALUES (?,?,?,?,?)", rows)
         self._db.commit()
 
     def __len__(self) -> int:
@@ -312,7 +313,7 @@ def detect_manifest(
 
 
 # What an unreadable image gets: no detections, unknown statistics.
-_UNREADABLE_ROW = ("", "[]", None, None, None, None, None, None, None)
+_UNREADABLE_ROW = ("", "[]", None, None, None)
 
 
 def _detect_keys(
@@ -387,11 +388,32 @@ def _compute(
 
 
 def results_table(rows: Sequence[tuple[Any, ...]], threshold: float) -> pd.DataFrame:
-    """Result columns (RESULT_COLUMNS) from cache rows, deciding faces at `threshold`."""
-    scores = [json.loads(row[1]) for row in rows]
-    best = np.array([s[0] if s else np.nan for s in scores], dtype=float)
-    n_faces = np.array([sum(score >= threshold for score in s) for s in scores], dtype=np.int64)
-    table = pd.DataFrame({"face_found": n_faces > 0, "n_faces": n_faces, "face_score": best})
-    for position, column in enumerate(RESULT_COLUMNS[3:], start=2):
+    """Result columns (RESULT_COLUMNS) from cache rows, deciding faces at `threshold`.
+
+    `n_faces` counts detections at or above the threshold that do not overlap a better one: at
+    low thresholds the detector also reports shifted copies of the same face.
+    """
+    detections = [json.loads(row[1]) for row in rows]
+    n_faces = np.array([_distinct_faces(found, threshold) for found in detections], dtype=np.int64)
+    best = np.array([found[0] if found else [np.nan] * 5 for found in detections], dtype=float).reshape(-1, 5)
+    table = pd.DataFrame({"face_found": n_faces > 0, "n_faces": n_faces, "face_score": best[:, 0],
+                          "box_x0": best[:, 1], "box_y0": best[:, 2], "box_x1": best[:, 3], "box_y1": best[:, 4]})
+    for position, column in enumerate(("contrast", "flatness", "noise"), start=2):
         table[column] = np.array([row[position] for row in rows], dtype=float)
     return table
+
+
+def _distinct_faces(detections: list[list[float]], threshold: float) -> int:
+    counted: list[list[float]] = []
+    for score, *box in detections:
+        if score >= threshold and all(_overlap(box, other) <= SAME_FACE_OVERLAP for other in counted):
+            counted.append(box)
+    return len(counted)
+
+
+def _overlap(a: list[float], b: list[float]) -> float:
+    """Intersection area over the smaller box's area."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return max(0.0, width) * max(0.0, height) / smaller if smaller > 0 else 1.0
