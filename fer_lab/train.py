@@ -36,7 +36,7 @@ MODEL_ARTIFACT = "model"
 FILTERED_MANIFEST = "filtered_manifest.csv"
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
-                 "images_per_s", "val_time_s", "phase", "cycle")
+                 "images_per_s", "val_time_s", "epoch_cpu_s", "phase", "cycle")
 
 
 @dataclass(frozen=True)
@@ -217,9 +217,9 @@ def _run_epoch(model: keras.Model, config: TrainConfig, planned: schedule.Planne
     dataset = inputs.training_dataset(train_split, batch_size=config.batch_size, augmentation=config.augment,
                                       seed=config.seed, epoch=epoch)
     learning_rate = schedule.current_learning_rate(model)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     fitted = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
-    train_seconds = time.perf_counter() - started
+    train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     started = time.perf_counter()
     validated = model.evaluate(val_data, verbose=0, return_dict=True)
     val_seconds = time.perf_counter() - started
@@ -230,6 +230,8 @@ def _run_epoch(model: keras.Model, config: TrainConfig, planned: schedule.Planne
         "val_loss": float(validated["loss"]), "val_accuracy": float(validated["accuracy"]),
         "lr": learning_rate, "epoch_time_s": train_seconds,
         "images_per_s": images / train_seconds, "val_time_s": val_seconds,
+        # CPU seconds of this process: on a shared machine, wall time alone overstates the cost.
+        "epoch_cpu_s": cpu_seconds,
     }
 
 
