@@ -404,7 +404,7 @@ def _folder_manifest(root: Path, workers: int | None) -> pd.DataFrame:
     files = [str(root / relative) for relative, *_ in entries]
     inspected = _map_batches(preprocess.inspect_images, files, workers)
     manifest = pd.DataFrame(
-        [(relative, label, split, usage, *details) for (relative, label, split, usage), details in zip(entries, inspected)],
+        [(*entry, *details) for entry, details in zip(entries, inspected)],
         columns=["path", "label", "split", "usage", "sha1", "height", "width", "channels", "error"],
     )
     manifest.insert(len(manifest.columns) - 1, "readable", manifest["error"] == "")

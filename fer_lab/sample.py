@@ -13,6 +13,7 @@ frames, random texture), exact duplicates, train images repeated in test, and mi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ CONFUSED_WITH = {
 PLACEHOLDER_TEXTS = ("NO IMAGE", "404", "N/A", "?", "IMG", "photo", "error", "ABC", "x_x", "null")
 
 SampleFormat = Literal["folder", "csv"]
+_USAGE_ORDER = ("Training", "PublicTest", "PrivateTest")
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ EXPRESSIONS = {
     "happy": Expression(0.5, 0.02, 0.0, 0.03, 0.22, 0.12, 0.42, teeth=True, cheek_raise=0.9),
     "neutral": Expression(1.0, 0.0, 0.0, 0.02, 0.0, 0.0, 0.28),
     "sad": Expression(0.75, 0.02, -0.18, 0.0, -0.17, 0.0, 0.27),
-    "surprise": Expression(1.65, 0.18, 0.0, 0.1, 0.0, 0.36, 0.2, forehead_lines=0.8),
+    "surprise": Expression(1.65, 0.15, 0.0, 0.1, 0.0, 0.32, 0.2, forehead_lines=0.8),
 }
 
 
@@ -122,7 +124,7 @@ def ensure_sample(out_dir: str | os.PathLike[str] | None = None) -> Path:
             return out_dir
     except (OSError, json.JSONDecodeError):
         pass
-    return make_sample(out_dir)
+    return make_sample(out_dir, per_class=DEFAULT_PER_CLASS)
 
 
 def render_face(label: str, rng: np.random.Generator) -> np.ndarray:
@@ -202,7 +204,7 @@ def _write_folder(out_dir: Path, images: list[_SampleImage], seed: int) -> None:
         target = out_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.pixels, "L").save(target, format="PNG")
-    _truth_table(images, names).to_csv(out_dir / "sample_truth.csv", index=False)
+    _truth_table(images, names).sort_values("path").to_csv(out_dir / "sample_truth.csv", index=False)
     votes = _votes(images, seed)
     table = pd.DataFrame({
         "path": names,
@@ -216,29 +218,25 @@ def _write_folder(out_dir: Path, images: list[_SampleImage], seed: int) -> None:
 
 def _write_csv(out_dir: Path, images: list[_SampleImage], seed: int) -> None:
     # fer2013.csv lists Training rows, then PublicTest, then PrivateTest.
-    order = sorted(range(len(images)), key=lambda i: ("Training", "PublicTest", "PrivateTest").index(images[i].usage))
-    images = [images[i] for i in order]
+    order = sorted(range(len(images)), key=lambda i: _USAGE_ORDER.index(images[i].usage))
+    row_of = {original: row for row, original in enumerate(order)}
+    ordered = [
+        dataclasses.replace(images[i], source=row_of[images[i].source] if images[i].source >= 0 else -1)
+        for i in order
+    ]
     rows = pd.DataFrame({
-        "emotion": [data.FER2013_EMOTIONS.index(image.label) for image in images],
-        "pixels": [" ".join(map(str, image.pixels.ravel().tolist())) for image in images],
-        "Usage": [image.usage for image in images],
+        "emotion": [data.FER2013_EMOTIONS.index(image.label) for image in ordered],
+        "pixels": [" ".join(map(str, image.pixels.ravel().tolist())) for image in ordered],
+        "Usage": [image.usage for image in ordered],
     })
     rows.to_csv(out_dir / "fer2013.csv", index=False)
     ferplus = pd.DataFrame({
         "Usage": rows["Usage"],
-        "Image name": [f"fer{row:07d}.png" for row in range(len(images))],
+        "Image name": [f"fer{row:07d}.png" for row in range(len(ordered))],
     })
-    pd.concat([ferplus, _votes(images, seed)], axis=1).to_csv(out_dir / "fer2013new.csv", index=False)
-    position = {original: new for new, original in enumerate(order)}
-    remapped = [
-        _SampleImage(image.pixels, image.label, image.usage, image.kind, image.true_label,
-                     position[image.source] if image.source >= 0 else -1)
-        for image in [images[position[i]] for i in range(len(images))]
-    ]
-    names = [f"row:{position[i]}" for i in range(len(images))]
-    _truth_table(remapped, names).sort_values("path", key=lambda p: p.str[4:].astype(int)).to_csv(
-        out_dir / "sample_truth.csv", index=False
-    )
+    pd.concat([ferplus, _votes(ordered, seed)], axis=1).to_csv(out_dir / "fer2013new.csv", index=False)
+    names = [f"row:{row}" for row in range(len(ordered))]
+    _truth_table(ordered, names).to_csv(out_dir / "sample_truth.csv", index=False)
 
 
 def _truth_table(images: list[_SampleImage], names: list[str]) -> pd.DataFrame:
@@ -248,7 +246,7 @@ def _truth_table(images: list[_SampleImage], names: list[str]) -> pd.DataFrame:
         "label": [image.label for image in images],
         "true_label": [image.true_label for image in images],
         "source": [names[image.source] if image.source >= 0 else "" for image in images],
-    }).sort_values("path", kind="stable")
+    })
 
 
 def _votes(images: list[_SampleImage], seed: int) -> pd.DataFrame:
@@ -386,6 +384,8 @@ class _FaceRenderer:
         rng, u, v = self.rng, self.u, self.v
         skin = rng.uniform(120, 215)
         hair = rng.uniform(15, 80) if rng.random() < 0.8 else rng.uniform(130, 190)
+        if abs(hair - skin) < 50:  # blond hair on pale skin hides the face outline from HOG detectors
+            hair = max(15.0, skin - 90)
         image = self._background(skin)
         clothes = rng.uniform(20, 230)
         image = _blend(image, clothes, self._ellipse(0, 2.35, 1.9, 0.95))
@@ -588,5 +588,7 @@ def _blend(image: np.ndarray, value: float | np.ndarray, mask: np.ndarray) -> np
     return image * (1 - mask) + value * mask
 
 
-def _gaussian(u: np.ndarray, v: np.ndarray, centre_u: float, centre_v: float, sigma_u: float, sigma_v: float) -> np.ndarray:
+def _gaussian(
+    u: np.ndarray, v: np.ndarray, centre_u: float, centre_v: float, sigma_u: float, sigma_v: float
+) -> np.ndarray:
     return np.exp(-(((u - centre_u) / sigma_u) ** 2 + ((v - centre_v) / sigma_v) ** 2) / 2)

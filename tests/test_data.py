@@ -21,7 +21,7 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
-def write_fer_csv(path: Path, rows: list[tuple[object, object, object]], columns=("emotion", "pixels", "Usage")) -> Path:
+def write_fer_csv(path: Path, rows: list[tuple], columns: tuple[str, ...] = ("emotion", "pixels", "Usage")) -> Path:
     frame = pd.DataFrame(rows, columns=list(columns))
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False, compression="gzip" if path.name.endswith(".gz") else None)
@@ -83,7 +83,8 @@ def test_fer2013_csv_with_ferplus_votes(sample_dir, sample_csv_dir):
 
 
 def test_csv_file_path_gz_and_folder_path_agree(tmp_path, gradient_image):
-    rows = [(3, pixel_text(gradient_image(i)), "Training") for i in range(6)] + [(0, pixel_text(gradient_image(9)), "PublicTest")]
+    rows = [(3, pixel_text(gradient_image(i)), "Training") for i in range(6)]
+    rows.append((0, pixel_text(gradient_image(9)), "PublicTest"))
     plain = write_fer_csv(tmp_path / "plain" / "fer2013.csv", rows)
     packed = write_fer_csv(tmp_path / "packed" / "fer2013.csv.gz", rows)
     by_file, by_folder, by_gz = (data.build_manifest(p) for p in (plain, plain.parent, packed))
@@ -131,7 +132,7 @@ def test_split_folders_of_class_folders(tmp_path, write_image, gradient_image):
     assert set(manifest.loc[manifest["split"] == "train", "usage"]) == {"Train"}
 
 
-def test_kaggle_test_folder_without_prefixes_is_test_and_val_is_carved_from_train(tmp_path, write_image, gradient_image):
+def test_kaggle_test_folder_without_prefixes_is_test_and_val_carved_from_train(tmp_path, write_image, gradient_image):
     for i in range(10):
         write_image(tmp_path / "train" / "happy" / f"Training_{i}.png", gradient_image(i))
         write_image(tmp_path / "train" / "sad" / f"Training_{10 + i}.png", gradient_image(10 + i))
@@ -181,7 +182,8 @@ def messy_folder(tmp_path, write_image, gradient_image) -> Path:
     root = tmp_path / "messy"
     happy = root / "happy"
     write_image(happy / "good.png", gradient_image(1))
-    write_image(happy / "rgba.png", np.dstack([np.stack([gradient_image(2)] * 3, -1), np.full((48, 48), 255, np.uint8)]))
+    opaque = np.full((48, 48), 255, np.uint8)
+    write_image(happy / "rgba.png", np.dstack([gradient_image(2), gradient_image(2), gradient_image(2), opaque]))
     write_image(happy / "deep16.png", gradient_image(3).astype(np.uint16) * 257)
     Image.new("CMYK", (48, 48), (10, 20, 30, 40)).save(happy / "cmyk.jpg")
     write_image(happy / "whole.jpg", gradient_image(4))
@@ -254,7 +256,8 @@ def test_bad_csv_rows_are_unreadable_with_reasons(tmp_path, gradient_image):
 @pytest.mark.parametrize(
     ("rows", "columns", "message"),
     [
-        ([(9, "1 2 3 4", "Training")], ("emotion", "pixels", "Usage"), r"fer2013.csv row:0 \(line 2\): unknown emotion id '9'"),
+        ([(9, "1 2 3 4", "Training")], ("emotion", "pixels", "Usage"),
+         r"fer2013.csv row:0 \(line 2\): unknown emotion id '9'"),
         ([(1, "1 2 3 4", "Training"), ("sad", "1 2 3 4", "Training")], ("emotion", "pixels", "Usage"),
          r"row:1 \(line 3\): unknown emotion id 'sad'"),
         ([(1, "1 2 3 4", "Holdout")], ("emotion", "pixels", "Usage"), r"row:0 .*unknown Usage 'Holdout'"),
@@ -316,7 +319,8 @@ def test_worker_pool_gives_the_same_manifest_and_pixels(sample_dir, monkeypatch)
     monkeypatch.setattr(data, "MIN_FILES_FOR_POOL", 10)
     pooled = data.build_manifest(sample_dir, workers=2)
     assert pooled.equals(serial)
-    assert np.array_equal(data.load_pixels(sample_dir, pooled, workers=2), data.load_pixels(sample_dir, serial, workers=1))
+    pooled_pixels = data.load_pixels(sample_dir, pooled, workers=2)
+    assert np.array_equal(pooled_pixels, data.load_pixels(sample_dir, serial, workers=1))
 
 
 def test_manifest_csv_round_trip_keeps_types(messy_folder, tmp_path):
