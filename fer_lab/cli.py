@@ -54,6 +54,7 @@ def _predict(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fer_lab import predict, video
 
     reference = args.model or predict.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)

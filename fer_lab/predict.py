@@ -305,7 +305,11 @@ def default_model_reference(experiment: str = "fer-lab", parent_run_id: str = ""
     from fer_lab import compare, tracking
 
     tracking.configure(tracking_uri)
-    return compare.resolve_training_run(experiment, parent_run_id)
+    try:
+        return compare.resolve_training_run(experiment, parent_run_id)
+    except FerLabError as error:
+        raise FerLabError(f"no model given and none found: experiment {experiment!r} has no finished 03_train run; "
+                          "run 03_train first or name a model (run id, runs:/ID/model or models:/NAME/VERSION)") from error
 
 
 def probability_columns(labels: Iterable[str]) -> list[str]:

@@ -169,7 +169,8 @@ def analyze_video(
     """Sample `path` at `sample_fps`, find, track and classify faces; optionally write an annotated video.
 
     Raises FerLabError when the file cannot be opened as a video or has no frames. A read error
-    part way through ends the analysis with a warning; the rows up to there are kept.
+    or an interrupt (Ctrl-C) part way through ends the analysis with a warning; the rows up to
+    there are kept.
     """
     from tqdm.auto import tqdm
 
@@ -191,6 +192,7 @@ def analyze_video(
     pending: list[_Sampled] = []
     sampled = 0
     frame_shape = (0, 0)
+    read_to_end = False
     started = time.perf_counter()
     bar = tqdm(total=expected, desc=path.name, unit="frame", disable=not progress, mininterval=0.5)
     try:
@@ -213,8 +215,12 @@ def analyze_video(
                 rows.extend(_classify(pending, predictor, writer))
                 pending = []
             bar.update()
+        read_to_end = True
     except cv2.error as error:
         warnings.append(f"{path}: reading stopped after {sampled} sampled frames: {' '.join(str(error).split())}")
+    except KeyboardInterrupt:
+        # Long videos get interrupted on purpose; what was analysed so far is still worth keeping.
+        warnings.append(f"{path}: interrupted after {sampled} sampled frames; the results cover only those")
     finally:
         bar.close()
         reader.release()
@@ -224,8 +230,9 @@ def analyze_video(
     seconds = time.perf_counter() - started
     if sampled == 0:
         raise FerLabError(f"{path}: the video has no frames OpenCV can decode")
-    warnings += reader.end_warnings(limit)
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    if read_to_end:
+        warnings += reader.end_warnings(limit)
+    table = pd.concat(rows, ignore_index=True)
     if table["face_id"].isna().all():
         warnings.append(f"{path}: no faces found in any of the {sampled} sampled frames "
                         f"(faces must be at least {predictor.detector.config.min_face(*frame_shape):.0f} px)")

@@ -160,7 +160,7 @@ def test_model_references(model_store: tuple[str, str, str]) -> None:
         predict.load_model("runs:/0123456789abcdef0123456789abcdef/model", uri)
     with pytest.raises(FerLabError, match="cannot load model 'models:/no-such-model/1'"):
         predict.load_model("models:/no-such-model/1", uri)
-    with pytest.raises(FerLabError, match="has no finished 03_train run"):
+    with pytest.raises(FerLabError, match="no model given and none found: experiment 'no-such-experiment'"):
         predict.default_model_reference("no-such-experiment", tracking_uri=uri)
 
 
