@@ -198,3 +198,29 @@ def test_cli_filter_bad_input(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     assert cli.main(["filter", str(tmp_path), "--out", str(tmp_path / "f.csv"), "--padding", "3"]) == 2
     assert "padding" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_notebook_filters_the_sample_and_logs_to_mlflow(sample_dir, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from fer_lab import runner
+
+    work, store = tmp_path / "work", f"sqlite:///{tmp_path / 'mlruns.db'}"
+    result = runner.run_pipeline(data_dir=sample_dir, only=["02"], out_dir=tmp_path / "report",
+                                 overrides={"tracking_uri": store, "work_dir": str(work), "sweep_size": 120})
+    assert result.ok, [nb.error for nb in result.notebooks]
+    filtered = data.read_manifest(work / "filtered_manifest.csv")
+    truth = pd.read_csv(sample_dir / "sample_truth.csv").set_index("path")["kind"]
+    kinds = filtered["path"].map(truth)
+    assert not filtered.loc[kinds.isin(filtering.TRUTH_NONFACE_KINDS), "keep"].any()
+    assert filtered.loc[kinds == "face", "keep"].mean() >= 0.97
+
+    run = MlflowClient(store).get_run(result.notebooks[0].run_id)
+    assert run.data.metrics["filter_nonface_recall"] == 1.0
+    assert run.data.metrics["filter_face_false_rejection"] <= 0.02
+    assert run.data.tags["filter_reference"] == "sample_truth"
+    artifacts = {item.path for folder in ("filter", "figures", "tables")
+                 for item in MlflowClient(store).list_artifacts(run.info.run_id, folder)}
+    assert {"filter/filtered_manifest.csv", "figures/filter_tradeoff.png", "figures/filter_rejected.png",
+            "figures/filter_kept.png", "tables/filter_sweep.csv", "tables/filter_per_class.csv"} <= artifacts
