@@ -1,4 +1,4 @@
-"""Apply a trained model to photos: find faces, crop them as FER2013 frames them, classify in batches.
+"""Apply a trained model to photos: find faces, crop them as the training images frame them, classify in batches.
 
 A full-size photo is not a 48x48 FER image: faces are anywhere, at any size. dlib's HOG detector
 (the one `fer_lab.faces` uses on FER images) finds faces of about 80 pixels and up in the image
@@ -270,10 +270,8 @@ def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
 
 
 def _load_run(run_id: str) -> tuple[Any, Sequence[str]]:
-    try:
-        from fer_lab.train import load_run_model
-    except ImportError:
-        return _load_uri(f"runs:/{run_id}/model")
+    from fer_lab.train import load_run_model
+
     return load_run_model(run_id)
 
 
@@ -364,29 +362,43 @@ class Predictor:
         tables = []
         with tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar:
             for batch in _chunks([Path(path) for path in paths], chunk):
-                found = [self._read_and_detect(path) for path in batch]
-                inputs = [self.inputs(gray, boxes) for gray, boxes, _, _ in found]
+                # Only boxes and 48x48 inputs are kept per file, not the decoded photos.
+                found = [self._faces_in_file(path) for path in batch]
+                inputs = [face.inputs for face in found]
                 probabilities = np.split(self.probabilities(np.concatenate(inputs)),
                                          np.cumsum([len(part) for part in inputs])[:-1])
-                for path, (gray, boxes, scores, error), probs in zip(batch, found, probabilities):
-                    table = face_table(boxes, scores, probs, self.labels) if len(boxes) else no_face_row(self.labels)
+                for path, face, probs in zip(batch, found, probabilities):
+                    table = face_table(face.boxes, face.scores, probs, self.labels) if len(face.boxes) \
+                        else no_face_row(self.labels)
                     table.insert(0, "path", str(path))
-                    table.insert(1, "height", gray.shape[0] if gray.size else pd.NA)
-                    table.insert(2, "width", gray.shape[1] if gray.size else pd.NA)
-                    table["error"] = error
+                    table.insert(1, "height", face.height)
+                    table.insert(2, "width", face.width)
+                    table["error"] = face.error
                     tables.append(table)
                 bar.update(len(batch))
         table = pd.concat(tables, ignore_index=True)
         table[["height", "width"]] = table[["height", "width"]].astype("Int64")
         return ImagePredictions(table, self.labels)
 
-    def _read_and_detect(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-        """(gray, boxes, scores, error) of one file; an unreadable file gives an empty image and its error."""
+    def _faces_in_file(self, path: Path) -> _FileFaces:
+        """Detections and model inputs of one file; an unreadable file gives none and its error."""
         try:
             gray = read_image(path)
         except FerLabError as error:
-            return np.zeros((0, 0), np.uint8), np.zeros((0, 4)), np.zeros(0), str(error)
-        return (gray, *self.detector(gray), "")
+            size = self.loaded.input_size
+            return _FileFaces(pd.NA, pd.NA, np.zeros((0, 4)), np.zeros(0), np.zeros((0, size, size), np.uint8), str(error))
+        boxes, scores = self.detector(gray)
+        return _FileFaces(gray.shape[0], gray.shape[1], boxes, scores, self.inputs(gray, boxes), "")
+
+
+@dataclass
+class _FileFaces:
+    height: Any
+    width: Any
+    boxes: np.ndarray
+    scores: np.ndarray
+    inputs: np.ndarray
+    error: str
 
 
 def face_table(boxes: np.ndarray, scores: np.ndarray, probabilities: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
