@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from fer_lab.errors import FerLabError
-from fer_lab.evaluate import metric_prefix
+from fer_lab.evaluate import evaluation_set_tag, metric_prefix
 
 TRAIN_NOTEBOOK = "03_train"
 SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece",
@@ -154,17 +154,18 @@ def find_runs(experiment: str, *, run_ids: Sequence[str] = (), parent_run_id: st
                               output_format="pandas")
 
 
-def default_runs(experiment: str, parent_run_id: str = "", max_runs: int = 10) -> pd.DataFrame:
+def default_runs(experiment: str, parent_run_id: str = "", max_runs: int = 10, split: str = "test") -> pd.DataFrame:
     """The runs 05_compare compares when none are named: the training runs under `parent_run_id`
-    when there are at least two, else the experiment's latest finished training runs on the same
-    dataset as the pipeline (its `dataset_fingerprint` tag), or on any dataset without one."""
+    when there are at least two; else the experiment's latest finished training runs, restricted to
+    those evaluated on the same images as the pipeline's own training run when it has been evaluated."""
     tags = {}
     if parent_run_id:
         children = find_runs(experiment, parent_run_id=parent_run_id, max_runs=max_runs)
         if len(children) >= 2:
             return children
-        fingerprint = mlflow.MlflowClient().get_run(parent_run_id).data.tags.get("dataset_fingerprint")
-        tags = {"dataset_fingerprint": fingerprint} if fingerprint else {}
+        tag = f"tags.{evaluation_set_tag(split)}"
+        if len(children) == 1 and tag in children and isinstance(children[tag].iloc[0], str):
+            tags = {evaluation_set_tag(split): children[tag].iloc[0]}
     return find_runs(experiment, tags=tags, finished_only=True, max_runs=max_runs)
 
 

@@ -8,6 +8,7 @@ from the artifact alone (05_compare does, for McNemar's test).
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from collections.abc import Sequence
@@ -266,10 +267,24 @@ def flat_metrics(predictions: pd.DataFrame, labels: Sequence[str], prefix: str =
     return {name: value for name, value in flat.items() if np.isfinite(value)}
 
 
-def record_on_training_run(run_id: str, metrics: dict[str, float], artifacts: Sequence[str | Path] = ()) -> None:
-    """Copy evaluation metrics and files onto the evaluated training run (it may already be finished),
+def evaluation_set_fingerprint(predictions: pd.DataFrame) -> str:
+    """Hash of the evaluated images and their labels: runs sharing it can be compared image by image."""
+    rows = (predictions["path"].astype(str) + "\t" + predictions["label"].astype(str)).sort_values()
+    return hashlib.sha1("\n".join(rows).encode()).hexdigest()
+
+
+def evaluation_set_tag(split: str) -> str:
+    """Tag holding `evaluation_set_fingerprint` for `split` on evaluated runs (e.g. `test_set_fingerprint`)."""
+    return f"{metric_prefix(split)}set_fingerprint"
+
+
+def record_on_training_run(run_id: str, metrics: dict[str, float], artifacts: Sequence[str | Path] = (),
+                           tags: dict[str, str] | None = None) -> None:
+    """Copy evaluation metrics, tags and files onto the evaluated training run (it may already be finished),
     so that 05_compare finds test numbers and predictions next to the parameters that produced them."""
     client = mlflow.MlflowClient()
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
     stamp = int(time.time() * 1000)
     batch = [Metric(key, float(value), stamp, 0) for key, value in metrics.items() if np.isfinite(value)]
     for start in range(0, len(batch), 500):  # MLflow's per-request metric limit is 1000

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import mlflow
+import nbformat
 import pandas as pd
 import pytest
 
-from fer_lab import compare, tracking
+from fer_lab import compare, experiments, project, runner, schedule, tracking
 from fer_lab.errors import FerLabError
 
 
@@ -97,9 +99,10 @@ def test_recall_differences_against_baseline() -> None:
         compare.recall_differences(recall, "missing")
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(scope="module")
+def filled_store(tmp_path_factory):
     """A real sqlite MLflow store with a pipeline parent, two evaluated training runs and an older one."""
+    tmp_path = tmp_path_factory.mktemp("store")
     uri = tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = "compare-test"
     mlflow.set_experiment(experiment_id=tracking.experiment_id(experiment, uri))
@@ -126,7 +129,15 @@ def store(tmp_path):
                 predictions.to_csv(folder / "predictions_test.csv", index=False)
                 mlflow.log_artifact(str(folder / "predictions_test.csv"))
                 runs[name] = child.info.run_id
-    return experiment, parent.info.run_id, runs
+    return uri, experiment, parent.info.run_id, runs
+
+
+@pytest.fixture
+def store(filled_store):
+    """The filled store, made MLflow's current one again (other tests point MLflow elsewhere)."""
+    uri, *contents = filled_store
+    tracking.configure(uri)
+    return contents
 
 
 def test_find_runs_filters(store) -> None:
@@ -171,3 +182,93 @@ def test_table_curves_recall_and_mcnemar_from_store(store) -> None:
     assert pairwise.loc[0, "only_b_correct"] == 2
     with pytest.raises(FerLabError, match="04_evaluate"):
         compare.load_predictions(runs["older"])
+
+
+def _write_notebook(path, parameters: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(parameters)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+FAKE_TRAIN = '''
+import mlflow
+import pandas as pd
+from fer_lab import project, tracking
+tracking.start_notebook_run("03_train", {"skill": skill}, tracking_uri=tracking_uri, experiment=experiment,
+                            parent_run_id=parent_run_id)
+for step, value in enumerate([0.3, 0.4 + 0.1 * skill]):
+    mlflow.log_metric("val_accuracy", value, step=step)
+labels = ["a", "b"] * 10
+preds = [label if i < 10 + 5 * skill else "a" for i, label in enumerate(labels)]
+frame = pd.DataFrame({"path": [f"img{i}.png" for i in range(20)], "sha1": "", "label": labels, "pred": preds})
+right = frame["label"] == frame["pred"]
+mlflow.log_metrics({"test_accuracy": right.mean(), "test_recall_a": right[frame["label"] == "a"].mean(),
+                    "test_recall_b": right[frame["label"] == "b"].mean()})
+target = project.resolve(work_dir) / "predictions_test.csv"
+target.parent.mkdir(parents=True, exist_ok=True)
+frame.to_csv(target, index=False)
+mlflow.log_artifact(str(target))
+'''
+SHARED = ('data_dir = "data/sample"\nwork_dir = ""\nseed = 0\ntracking_uri = ""\nexperiment = "fer-lab"\n'
+          'parent_run_id = ""\n')
+
+
+@pytest.mark.slow
+def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path) -> None:
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _write_notebook(notebooks / "03_train.ipynb", SHARED + "skill = 0\n", FAKE_TRAIN)
+    shutil.copy(project.NOTEBOOKS_DIR / "05_compare.ipynb", notebooks / "05_compare.ipynb")
+    (tmp_path / "data").mkdir()
+    experiment_file = tmp_path / "skill.yaml"
+    experiment_file.write_text(
+        "description: More skill, more accuracy?\n"
+        f"overrides: {{tracking_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', work_dir: '{tmp_path / 'work'}'}}\n"
+        "baseline: low\n"
+        "variants:\n  low: {03_train.skill: 0}\n  high: {03_train.skill: 2}\n")
+    result = experiments.run_experiment(experiment_file, data_dir=tmp_path / "data", out_dir=tmp_path / "report",
+                                        notebooks_dir=notebooks, log=lambda *_: None)
+    assert result.ok, [nb.error for nb in result.compare.notebooks] if result.compare else result.variants
+    client = mlflow.MlflowClient()
+    low, high = (client.get_run(result.training_runs[name]).data for name in ("low", "high"))
+    assert low.tags["variant"] == "low" and high.tags["experiment_set"] == "skill"
+    assert (low.params["skill"], high.params["skill"]) == ("0", "2")
+    compare_run = client.get_run(result.compare.notebooks[0].run_id).data
+    assert compare_run.params["baseline_run_id"] == result.training_runs["low"]
+    # low is right on 15 of 20 images, high on all: 5 discordant images, exact p = 2 / 2**5.
+    executed = result.compare.notebooks[0].notebook.read_text()
+    assert "alone right on 0" in executed and "alone right on 5; McNemar p = 0.0625" in executed
+    assert "image/png" in executed and "Downloading artifacts" not in executed
+    index = result.compare.index.read_text()
+    assert "Run comparison" in index and "McNemar" in index
+    assert "compare/index.html" in result.index.read_text()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("variants: {only: {}}\n", "at least two"),
+    ("variants: {a: {}, b: {}}\nbaseline: c\n", "baseline 'c'"),
+    ("variants: {a: {}, b: {}}\nextra: 1\n", "unknown keys"),
+    ("variants: {'bad name': {}, b: {}}\n", "variant name"),
+])
+def test_experiment_file_errors(tmp_path, content: str, message: str) -> None:
+    path = tmp_path / "set.yaml"
+    path.write_text(content)
+    with pytest.raises(FerLabError, match=message):
+        experiments.load_experiment(path)
+
+
+def test_shipped_experiment_sets_parse() -> None:
+    files = sorted((project.PARAMS_DIR / "experiments").glob("*.yaml"))
+    assert len(files) >= 3
+    notebooks = runner.discover_notebooks()
+    for file in files:
+        experiment = experiments.load_experiment(file)
+        assert experiment.description and len(experiment.variants) >= 2
+        for variant in experiment.variants.values():
+            # Every override names a parameter a notebook declares (plan_parameters raises otherwise).
+            planned = runner.plan_parameters(notebooks, runner.apply_overrides({}, {**experiment.overrides, **variant}))
+            if "03_train.phases" in variant:
+                schedule.Schedule.from_config(planned["03_train"]["phases"], planned["03_train"]["cycles"])

@@ -229,3 +229,114 @@ def test_plots_render(predictions: pd.DataFrame) -> None:
         assert figure.get_axes() or figure.texts
     assert figures[0].get_axes()[0].get_xlabel() == "predicted"
     assert [tick.get_text() for tick in figures[0].get_axes()[0].get_xticklabels()] == list(LABELS)
+
+
+@pytest.fixture(scope="module")
+def evaluated_pipeline(sample_dir, tmp_path_factory):
+    """A small CNN trained briefly on the sample and logged as a 03_train run, then 04 and 05 via papermill."""
+    import keras
+    import mlflow
+
+    from fer_lab import data, models, project, runner, tracking, train
+
+    tmp = tmp_path_factory.mktemp("evaluate")
+    uri = tracking.configure(f"sqlite:///{tmp / 'mlflow.db'}")
+    experiment = "evaluate-test"
+    mlflow.set_experiment(experiment_id=tracking.experiment_id(experiment, uri))
+    manifest = data.build_manifest(sample_dir)
+    rows = manifest[manifest["readable"] & (manifest["split"] == "train")].reset_index(drop=True)
+    pixels = data.load_pixels(sample_dir, rows)
+    labels = list(data.CLASSES)
+    config = models.model_config_from_params("cnn", 48, "none", cnn={"widths": [8, 16], "convs_per_block": 1})
+    model = models.build_model(config, len(labels))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    targets = np.array([labels.index(label) for label in rows["label"]])
+    model.fit(pixels[..., None].astype("float32"), targets, epochs=4, batch_size=32, verbose=0)
+    with mlflow.start_run(run_name="tiny-cnn") as training:
+        mlflow.set_tag("notebook", "03_train")
+        for step, value in enumerate((0.2, 0.3)):
+            mlflow.log_metric("val_accuracy", value, step=step)
+        train.log_model(model, labels)
+    result = runner.run_pipeline(
+        data_dir=sample_dir, only=["04_evaluate", "05_compare"], out_dir=tmp / "report", log=lambda *_: None,
+        overrides={"tracking_uri": uri, "work_dir": str(tmp / "work"), "experiment": experiment,
+                   "04_evaluate.batch_size": 64},
+    )
+    mlflow.set_tracking_uri(uri)
+    return result, training.info.run_id, manifest, tmp / "work"
+
+
+def _run_of(result, name: str) -> str:
+    return next(nb.run_id for nb in result.notebooks if nb.name == name)
+
+
+@pytest.mark.slow
+def test_notebooks_run_and_mlflow_numbers_match_sklearn_on_logged_predictions(evaluated_pipeline, sample_dir) -> None:
+    import mlflow
+    from sklearn import metrics as skm
+
+    from fer_lab import compare, data, train
+
+    result, training_run, manifest, _ = evaluated_pipeline
+    assert result.ok, [nb.error for nb in result.notebooks if not nb.ok]
+    predictions = compare.load_predictions(training_run, "test")
+    test_rows = manifest[manifest["readable"] & (manifest["usage"] == "PrivateTest")]
+    assert sorted(predictions["path"]) == sorted(test_rows["path"])
+    labels = list(data.CLASSES)
+    probs = predictions[[f"prob_{label}" for label in labels]].to_numpy()
+    assert (predictions["pred"] == np.array(labels)[probs.argmax(axis=1)]).all()
+
+    model, model_labels = train.load_run_model(training_run)
+    assert model_labels == labels
+    rows = test_rows.set_index("path").loc[predictions["path"]].reset_index()
+    direct = model.predict(data.load_pixels(sample_dir, rows)[..., None].astype("float32"), verbose=0)
+    np.testing.assert_allclose(probs, direct, atol=1e-5)
+
+    y_true, y_pred = predictions["label"], predictions["pred"]
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    expected = {
+        "test_accuracy": skm.accuracy_score(y_true, y_pred),
+        "test_macro_f1": skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
+        "test_balanced_accuracy": skm.balanced_accuracy_score(y_true, y_pred),
+        "test_top2_accuracy": skm.top_k_accuracy_score([labels.index(v) for v in y_true], probs, k=2,
+                                                       labels=range(len(labels))),
+        **{f"test_recall_{label}": value for label, value in zip(labels, recall)},
+        **{f"test_precision_{label}": value for label, value in zip(labels, precision)},
+        **{f"test_f1_{label}": value for label, value in zip(labels, f1)},
+    }
+    client = mlflow.MlflowClient()
+    for run_id in (training_run, _run_of(result, "04_evaluate")):
+        logged = client.get_run(run_id).data.metrics
+        for name, value in expected.items():
+            assert logged[name] == pytest.approx(value, abs=1e-9), (run_id, name)
+
+
+@pytest.mark.slow
+def test_evaluate_notebook_reports_leakage_figures_and_summary(evaluated_pipeline) -> None:
+    import mlflow
+
+    result, training_run, manifest, work = evaluated_pipeline
+    client = mlflow.MlflowClient()
+    logged = client.get_run(training_run).data
+    train_sha1 = set(manifest.loc[manifest["split"] == "train", "sha1"])
+    test_rows = manifest[manifest["readable"] & (manifest["usage"] == "PrivateTest")]
+    leaked = int(test_rows["sha1"].isin(train_sha1).sum())
+    assert leaked > 0  # the sample injects cross-split duplicates
+    assert logged.metrics["test_leaked_images"] == leaked
+    assert "test_accuracy_without_leaked" in logged.metrics and "test_tta_gain" in logged.metrics
+    assert logged.tags["test_set_fingerprint"]
+    executed = next(nb for nb in result.notebooks if nb.name == "04_evaluate").notebook.read_text()
+    assert "LeakageWarning" in executed and f"{leaked} of {len(test_rows)} evaluated images" in executed
+    evaluate_run = _run_of(result, "04_evaluate")
+    figures = {item.path for item in client.list_artifacts(evaluate_run, "figures")}
+    assert {"figures/confusion_counts_test.png", "figures/confusion_normalized_test.png",
+            "figures/reliability_test.png", "figures/reliability_per_class_test.png"} <= figures
+    summary = work / "report_summary"
+    assert {"04_1_metrics.html", "04_2_per_class.html", "04_2_per_class.csv",
+            "04_3_confusion_normalized.png"} <= {path.name for path in summary.iterdir()}
+    per_class = pd.read_csv(summary / "04_2_per_class.csv", index_col=0)
+    assert per_class.loc["happy", "recall"] == pytest.approx(logged.metrics["test_recall_happy"])
+    index = result.index.read_text()
+    assert "Per-class metrics on test" in index and "04_3_confusion_normalized.png" in index
+    compare_output = next(nb for nb in result.notebooks if nb.name == "05_compare").notebook.read_text()
+    assert "1 run to compare; baseline tiny-cnn" in compare_output
