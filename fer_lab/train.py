@@ -385,7 +385,11 @@ def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str],
 
 def training_manifest(data_path: str | os.PathLike[str], work_path: str | os.PathLike[str], *,
                       use_filtered: bool = True, seed: int = 0) -> tuple[pd.DataFrame, str]:
-    """The readable rows to train on and the manifest's name: 02's filtered manifest when asked and present."""
+    """The readable rows to train on and the manifest's name.
+
+    With `use_filtered` and a `filtered_manifest.csv` from 02_filter_faces in `work_path`, training images
+    that the filter rejected (`keep` false) are left out; otherwise the full manifest is used.
+    """
     from fer_lab import data
 
     manifest = data.load_or_build_manifest(data_path, work_path, seed=seed)
@@ -398,7 +402,12 @@ def training_manifest(data_path: str | os.PathLike[str], work_path: str | os.Pat
     if strangers:
         raise FerLabError(f"{filtered_file} lists {len(strangers)} images that are not in {data_path} "
                           f"(e.g. {sorted(strangers)[0]}); re-run 02_filter_faces for this dataset")
-    return filtered[filtered["readable"].astype(bool)].reset_index(drop=True), FILTERED_MANIFEST
+    filtered = filtered[filtered["readable"].astype(bool)]
+    if "keep" in filtered:
+        # Only training images are filtered: validation stays the same set in both arms of the experiment.
+        keep = filtered["keep"].astype(str).str.lower().isin(("true", "1"))
+        filtered = filtered[keep | (filtered["split"] != "train")]
+    return filtered.reset_index(drop=True), FILTERED_MANIFEST
 
 
 def class_table(rows: pd.DataFrame, labels: Sequence[str], weights: np.ndarray) -> pd.DataFrame:

@@ -219,3 +219,26 @@ def test_sigkilled_training_resumes_in_the_same_run_without_redoing_epochs(tmp_p
     state = json.loads((checkpoint_dir / train.STATE_FILE).read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4, 5, 6]
     assert [row["phase_tag"] for row in state["history"]] == ["head#1"] * 2 + ["all#1"] * 4
+
+
+def test_filtered_manifest_drops_rejected_training_images_only(sample_dir, tmp_path):
+    from fer_lab import data
+
+    full, name = train.training_manifest(sample_dir, tmp_path, use_filtered=True)
+    assert name == "manifest.csv"
+    filtered = full.copy()
+    rejected = filtered.index[filtered["split"].isin(["train", "val"])][:: 7]
+    filtered["keep"] = True
+    filtered.loc[rejected, "keep"] = False
+    data.write_manifest(filtered, tmp_path / train.FILTERED_MANIFEST)
+
+    used, name = train.training_manifest(sample_dir, tmp_path, use_filtered=True)
+    rejected_train = filtered.loc[rejected, "split"].eq("train").sum()
+    assert name == train.FILTERED_MANIFEST and len(used) == len(full) - rejected_train
+    assert (used["split"] == "val").sum() == (full["split"] == "val").sum()
+    assert len(train.training_manifest(sample_dir, tmp_path, use_filtered=False)[0]) == len(full)
+
+    filtered.loc[0, "path"] = "elsewhere/img.png"
+    data.write_manifest(filtered, tmp_path / train.FILTERED_MANIFEST)
+    with pytest.raises(FerLabError, match="02_filter_faces"):
+        train.training_manifest(sample_dir, tmp_path, use_filtered=True)
