@@ -14,7 +14,9 @@ frames, random texture), exact duplicates, train images repeated in test, and mi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from fer_lab.errors import FerLabError
 SIZE = 48
 SUPERSAMPLE = 4
 DEFAULT_PER_CLASS = 48
+FACE_HALF_WIDTH = 0.35  # of the frame: faces fill FER2013 crops about this much
 SAMPLE_VERSION = 1
 FACE_KINDS = ("face", "duplicate", "cross_split_duplicate", "mislabelled")
 NONFACE_KINDS = ("nonface_text", "nonface_icon", "blank", "texture")
@@ -190,7 +193,7 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 
 def _file_names(images: list[_SampleImage], seed: int) -> list[str]:
     """Kaggle-style relative paths with random 8-digit ids, so names do not give away the kind."""
-    ids = _rng(seed, 5).choice(np.arange(10_000_000, 40_000_000), size=len(images), replace=False)
+    ids = 10_000_000 + _rng(seed, 5).choice(30_000_000, size=len(images), replace=False)
     names = []
     for image, image_id in zip(images, ids):
         folder = "train" if image.usage == "Training" else "test"
@@ -343,17 +346,19 @@ class _FaceRenderer:
         self.rng = rng
         self.expression = self._vary(expression)
         canvas = SIZE * SUPERSAMPLE
-        self.half_width = canvas * 0.31 * rng.uniform(0.95, 1.05)
+        self.half_width = canvas * FACE_HALF_WIDTH * rng.uniform(0.95, 1.05)
         self.centre = (canvas / 2 + rng.normal(0, 0.015) * canvas, canvas * 0.55 + rng.normal(0, 0.015) * canvas)
-        self.angle = np.deg2rad(rng.normal(0, 4))
-        y, x = np.mgrid[0:canvas, 0:canvas] + 0.5
-        dx, dy = x - self.centre[0], y - self.centre[1]
-        self.u = (dx * np.cos(self.angle) + dy * np.sin(self.angle)) / self.half_width
-        self.v = (-dx * np.sin(self.angle) + dy * np.cos(self.angle)) / self.half_width
+        self.angle = float(np.deg2rad(rng.normal(0, 4)))
+        y, x = _pixel_centres(canvas)
+        dx, dy = x - np.float32(self.centre[0]), y - np.float32(self.centre[1])
+        cos, sin = math.cos(self.angle), math.sin(self.angle)
+        self.u = (dx * cos + dy * sin) / self.half_width
+        self.v = (-dx * sin + dy * cos) / self.half_width
         self.edge = 1.2 / self.half_width  # antialiasing width: a little over one canvas pixel
         self.yaw = rng.normal(0, 0.05)  # features shift sideways as the head turns
         light_angle = rng.uniform(0, 2 * np.pi)
-        self.light = rng.uniform(0.1, 0.7) * np.array([np.cos(light_angle), np.sin(light_angle)])
+        strength = rng.uniform(0.1, 0.7)
+        self.light = (strength * float(np.cos(light_angle)), strength * float(np.sin(light_angle)))
 
     def _vary(self, expression: Expression) -> Expression:
         """Random intensity and small independent wobble on each geometric parameter."""
@@ -452,7 +457,7 @@ class _FaceRenderer:
         level = rng.uniform(20, 235)
         while abs(level - skin) < 25:  # a face lost in its background would be unfair to detect
             level = rng.uniform(20, 235)
-        gradient = rng.normal(0, 25, size=2)
+        gradient = (rng.normal(0, 25), rng.normal(0, 25))
         return level + gradient[0] * self.u / 2 + gradient[1] * self.v / 2
 
     def _skin_shading(self, skin: float) -> np.ndarray:
@@ -582,6 +587,13 @@ class _FaceRenderer:
         clamped = np.clip(self.u, start, end)
         distance = np.hypot(self.v - curve(clamped), self.u - clamped) - thickness / 2
         return np.clip(0.5 - distance / self.edge, 0, 1)
+
+
+@functools.cache
+def _pixel_centres(canvas: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates of every canvas pixel centre, float32 (half the work of float64)."""
+    y, x = np.mgrid[0:canvas, 0:canvas].astype(np.float32) + np.float32(0.5)
+    return y, x
 
 
 def _blend(image: np.ndarray, value: float | np.ndarray, mask: np.ndarray) -> np.ndarray:
