@@ -187,8 +187,8 @@ def run_names(runs: pd.DataFrame) -> pd.Series:
     """A short unique display name per run: its `variant` tag, else its run name, plus the id's head."""
     names = []
     for _, run in runs.iterrows():
-        base = run.get("tags.variant") or run.get("tags.mlflow.runName") or ""
-        base = "" if isinstance(base, float) else str(base)
+        candidates = (run.get("tags.variant"), run.get("tags.mlflow.runName"))
+        base = next((str(value) for value in candidates if isinstance(value, str) and value), "")
         names.append(f"{base} ({run['run_id'][:6]})" if base else run["run_id"][:8])
     return pd.Series(names, index=runs.index, name="run")
 

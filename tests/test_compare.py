@@ -272,3 +272,10 @@ def test_shipped_experiment_sets_parse() -> None:
             planned = runner.plan_parameters(notebooks, runner.apply_overrides({}, {**experiment.overrides, **variant}))
             if "03_train.phases" in variant:
                 schedule.Schedule.from_config(planned["03_train"]["phases"], planned["03_train"]["cycles"])
+
+
+def test_run_names_prefer_variant_then_run_name() -> None:
+    runs = pd.DataFrame({"run_id": ["a" * 32, "b" * 32, "c" * 32],
+                         "tags.variant": ["filtered", float("nan"), None],
+                         "tags.mlflow.runName": ["03_train", "03_train", None]})
+    assert compare.run_names(runs).tolist() == ["filtered (aaaaaa)", "03_train (bbbbbb)", "cccccccc"]
