@@ -195,7 +195,7 @@ def set_trainable(model: keras.Model, spec: str, *, freeze_batchnorm: bool) -> d
             layer.trainable = in_trained_part and not (freeze_batchnorm and is_bn)
     for layer in models.head_layers(model):
         layer.trainable = True
-    return {"trainable": spec, "trainable_blocks": trained, "blocks": len(groups), **models.count_params(model)}
+    return {"spec": spec, "trainable_blocks": trained, "blocks": len(groups), **models.count_params(model)}
 
 
 def learning_rate(phase: Phase, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:

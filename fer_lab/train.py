@@ -183,7 +183,7 @@ def train(
                                                label_smoothing=config.label_smoothing)
             compiles += 1
         else:  # resumed inside this phase: the checkpoint carries its trainable flags and optimizer
-            trainable = {"trainable": planned.phase.trainable, **models.count_params(model)}
+            trainable = {"spec": planned.phase.trainable, **models.count_params(model)}
         log(f"phase {planned.tag} ({planned.phase.trainable}, {planned.phase.optimizer} lr {planned.phase.lr:g} "
             f"{planned.phase.lr_schedule}): epochs {planned.first_epoch}-{planned.last_epoch}, "
             f"{trainable['trainable']:,} trainable / {trainable['non_trainable']:,} frozen parameters")
@@ -250,7 +250,8 @@ def _load_state(checkpoint_dir: Path, config: TrainConfig, run_id: str, log: Cal
         raise FerLabError(f"{state_file}: unreadable checkpoint state ({error}); delete {checkpoint_dir} to start over")
     if run_id and state.get("run_id") and state["run_id"] != run_id:
         log(f"{checkpoint_dir} holds run {state['run_id']}, not {run_id}: starting a new training")
-        shutil.rmtree(checkpoint_dir)
+        for name in (STATE_FILE, LAST_MODEL, BEST_MODEL):
+            (checkpoint_dir / name).unlink(missing_ok=True)
         return _fresh_state(config, run_id)
     if state.get("config_fingerprint") != config.fingerprint():
         raise FerLabError(
