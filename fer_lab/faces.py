@@ -2,11 +2,12 @@
 
 dlib's HOG detector looks at 80x80 windows, so a 48x48 FER image is first resized once to
 `size` pixels (bicubic) and given a replicated border of `padding` (a fraction of `size`) so the
-window fits around a face that fills the frame. Resizing once and running the detector without
-its own pyramid upsampling (`upsample=0`) is several times faster than `upsample=1` at the same
-quality on FER2013 (see benchmarks/bench_faces.py and notebook 02). At size 96 the window already
-covers most of the frame, and padding, which costs another pyramid level, did not improve the
-trade-off on FER2013, so the default uses none.
+window fits around a face that fills the frame. Resizing once (to 96 pixels by default) and
+running the detector without its own upsampling (`upsample=0`) costs what dlib's `upsample=1`
+costs on the 48x48 image, but lets the size be chosen freely; every further upsampling step
+multiplies the cost by about four. At size 96 the window already covers most of the frame, and
+padding, which adds a pyramid level (about 1.5-2x the time), did not improve the trade-off on
+FER2013, so the default uses none (see the sweep in notebook 02 and benchmarks/bench_faces.py).
 
 Every detection is stored in an sqlite file per detector configuration, keyed by the sha1 of the
 image's pixels. The HOG detector is run with a low score floor and its detections above it are kept,
@@ -29,8 +30,8 @@ import os
 import sqlite3
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -173,10 +174,10 @@ class _Detector:
             found = sorted(((d.confidence, d.rect) for d in self._cnn(prepared, self.settings.upsample)),
                            key=lambda pair: -pair[0])
         height, width = image.shape
-        scale, pad = width / self.settings.size, self.settings.pad_pixels
+        pad = self.settings.pad_pixels
 
-        def place(value: int, limit: int) -> float:
-            return round(float(np.clip((value - pad) * scale, 0, limit)), 2)
+        def place(value: int, original: int) -> float:
+            return round(float(np.clip((value - pad) * original / self.settings.size, 0, original)), 2)
 
         return [[round(float(score), 4), place(rect.left(), width), place(rect.top(), height),
                  place(rect.right(), width), place(rect.bottom(), height)] for score, rect in found[:MAX_DETECTIONS]]
@@ -227,9 +228,6 @@ class FaceCache:
         """Store rows and commit at once, so they survive an interruption."""
         self._db.executemany("INSERT OR REPLACE INTO detections VALUES (?,?,?,?,?)", rows)
         self._db.commit()
-
-    def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM detections").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
@@ -360,7 +358,7 @@ def _compute(
         workers = available_cores() if len(keys) >= MIN_IMAGES_FOR_POOL else 1
     workers = min(workers, len(chunks))
     bar = tqdm(total=len(keys), desc=f"faces ({settings.model})", unit="img", disable=not progress,
-               mininterval=0.5)
+               mininterval=2.0)
     try:
         if workers <= 1:
             _init_worker(settings)
@@ -400,7 +398,7 @@ def results_table(rows: Sequence[tuple[Any, ...]], threshold: float) -> pd.DataF
                           "box_x0": best[:, 1], "box_y0": best[:, 2], "box_x1": best[:, 3], "box_y1": best[:, 4]})
     for position, column in enumerate(("contrast", "flatness", "noise"), start=2):
         table[column] = np.array([row[position] for row in rows], dtype=float)
-    return table
+    return table[list(RESULT_COLUMNS)]
 
 
 def _distinct_faces(detections: list[list[float]], threshold: float) -> int:

@@ -4,13 +4,13 @@ Reject reasons, in the order they are checked (the first that applies is recorde
 
 - `unreadable`: the manifest could not decode the file.
 - `blank`: near-constant pixels (2nd-98th percentile range below `blank_contrast`).
-- `noise`: pixel noise large relative to the image's contrast (random textures); no FER2013
-  image comes close to the default limit, halftone comics being the noisiest.
+- `noise`: pixel noise large relative to the image's contrast (random textures). The noisiest
+  FER2013 images are halftone comics; the default limit rejects five of them.
 - `no_face`: the detector's best score is below the threshold (or it found nothing).
-- `flat_graphic`: a weak face score on an image with large perfectly flat areas (text
-  placeholders, icons): the face evidence `face_score - flat_weight * flatness` is below the
-  threshold although the score alone is not. On FER2013 HOG scores text and icons about as
-  high as faces at odd crops; flatness separates them.
+- `weak_face`: the score alone passes, but the face evidence `face_score - flat_weight *
+  flatness` does not: a weak detection on an image with large perfectly flat areas. On FER2013
+  HOG scores text placeholders and icons about as high as faces at odd crops; their flatness
+  separates them (and also costs a few weak faces on plain white backgrounds).
 - `conflicting_labels`: exact pixel duplicates (same sha1, any split) that disagree on the
   label. Copies carrying the strict-majority label stay (then deduplicated below); every copy
   is rejected when no label has a strict majority, as with the usual two-copy conflicts.
@@ -21,6 +21,13 @@ Reject reasons, in the order they are checked (the first that applies is recorde
 
 The filter never touches raw files: it returns the manifest plus `face_found`, `n_faces`,
 `face_score`, the best box, the pixel statistics, `face_evidence`, `keep` and `reject_reason`.
+
+Scoring needs to know which images really are faces. Crowd NF votes are noisy: of the 180
+FER2013 images with NF = 10 (177 of them dropped by FER+), fewer than half are non-faces.
+`benchmarks/fer2013_nonface_review.csv` holds those 180 paths (no pixels) with a kind given by
+looking at each image: `text` (placeholders), `icon`, `blank`, `no_face` (photos without a
+visible face: a tie, an arm, a product box), `face`, `face_partial` (a mouth or an eye filling
+the frame) and `ambiguous` (drawings, masks, crowds; left out of both sides of the score).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from fer_lab.errors import DataError
 from fer_lab.faces import DetectorSettings
 
 # Reasons that judge the image itself, i.e. what the face filter is scored on.
-CONTENT_REASONS = ("unreadable", "blank", "noise", "no_face", "flat_graphic")
+CONTENT_REASONS = ("unreadable", "blank", "noise", "no_face", "weak_face")
 DUPLICATE_REASONS = ("conflicting_labels", "cross_split_duplicate", "duplicate")
 REJECT_REASONS = CONTENT_REASONS + DUPLICATE_REASONS
 SPLIT_ORDER = ("train", "val", "test")

@@ -40,7 +40,7 @@ def test_content_rules_in_order():
         (-1.9, 120, 0.05, 0.05),    # just below the threshold
     ])
     reasons = filtering.content_reasons(detections, threshold=-1.8)
-    assert list(reasons) == ["", "", "blank", "noise", "no_face", "flat_graphic", "", "no_face"]
+    assert list(reasons) == ["", "", "blank", "noise", "no_face", "weak_face", "", "no_face"]
     # Without the flatness term the placeholder passes: that is what flat_weight buys.
     assert filtering.content_reasons(detections, -1.8, FilterRules(flat_weight=0.0))[5] == ""
     # A lower threshold keeps the borderline face.
@@ -181,7 +181,7 @@ def test_cli_filter_writes_manifest_and_shares_cache(sample_dir, tmp_path, capsy
     assert "from the cache" in first and list((work / "cache" / "faces").glob("*.sqlite"))
 
     assert cli.main(["filter", str(sample_dir), "--work-dir", str(work), "--out", str(out),
-                     "--threshold", "-1.0", "--keep-duplicates"]) == 0
+                     "--threshold", "0.5", "--keep-duplicates"]) == 0
     assert " 0 detected" in capsys.readouterr().out
     stricter = data.read_manifest(out)
     content = filtering.CONTENT_REASONS
