@@ -14,6 +14,7 @@ Problems with the dataset as a whole raise `DataError` naming the file or row.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import multiprocessing
 import os
@@ -224,7 +225,11 @@ def load_or_build_manifest(
     size/mtime of every source file; any difference rebuilds the manifest.
     """
     workers = options.pop("workers", None)
-    unexpected = set(options) - {"unknown_classes", "val_fraction", "seed"}
+    defaults = {
+        name: parameter.default for name, parameter in inspect.signature(build_manifest).parameters.items()
+        if name in ("unknown_classes", "val_fraction", "seed")
+    }
+    unexpected = set(options) - set(defaults)
     if unexpected:
         raise TypeError(f"unexpected options: {', '.join(sorted(unexpected))}")
     source = detect_source(path)
@@ -233,7 +238,7 @@ def load_or_build_manifest(
         "format_version": MANIFEST_FORMAT_VERSION,
         "data_path": str(source.csv_file or source.root),
         "votes": str(votes_file) if votes_file else None,
-        "options": {"unknown_classes": "keep", "val_fraction": 0.1, "seed": 0, **options},
+        "options": {**defaults, **options},
         "source_signature": _source_signature(source, votes_file),
     }
     work_dir = Path(work_dir)
