@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
     predict.add_argument("--experiment", default="fer-lab", help="experiment searched for the default model")
     predict.add_argument("--fps", type=float, default=10.0, help="video frames analysed per second (default 10)")
-    predict.add_argument("--detect-every", type=int, default=1,
-                         help="detect faces on every Nth analysed frame, tracking boxes in between (default 1)")
+    predict.add_argument("--detect-every", type=int, default=2,
+                         help="detect faces on every Nth analysed frame, boxes carried in between (default 2; 1 is slower)")
     predict.add_argument("--max-side", type=int, default=None,
                          help="longer side of the image the face detector sees (default 1024 images, 640 video)")
     predict.add_argument("--threshold", type=float, default=0.0, help="face detector score threshold (default 0)")

@@ -321,7 +321,7 @@ class Predictor:
 
     loaded: LoadedModel
     detector: FaceDetector = field(default_factory=FaceDetector)
-    batch_size: int = 256
+    batch_size: int = 32
     framing: Framing = field(default_factory=Framing)
 
     @property
@@ -333,13 +333,26 @@ class Predictor:
         return face_inputs(gray, boxes, self.loaded.input_size, self.framing)
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes) for uint8 model inputs (N, size, size), in batches."""
-        if len(inputs) == 0:
+        """Class probabilities (N, classes) for uint8 model inputs (N, size, size), `batch_size` at a time.
+
+        Every call to the model gets exactly `batch_size` images (the last batch padded): Keras
+        compiles its predict function once per input shape, which costs seconds for a large
+        network, so a single shape keeps a video's varying face counts from recompiling it.
+        """
+        count = len(inputs)
+        if count == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        pixels = np.asarray(inputs, dtype=np.float32)[..., None]
+        padded = -(-count // self.batch_size) * self.batch_size
+        size = self.loaded.input_size
+        pixels = np.zeros((padded, size, size, 1), dtype=np.float32)
+        pixels[:count, ..., 0] = inputs
         parts = [np.asarray(self.loaded.model.predict_on_batch(pixels[start:start + self.batch_size]))
-                 for start in range(0, len(pixels), self.batch_size)]
-        return np.concatenate(parts).astype(np.float32)
+                 for start in range(0, padded, self.batch_size)]
+        return np.concatenate(parts)[:count].astype(np.float32)
+
+    def warm_up(self) -> None:
+        """Compile the model's predict function now (one batch of blank images), so timings exclude it."""
+        self.probabilities(np.zeros((1, self.loaded.input_size, self.loaded.input_size), dtype=np.uint8))
 
     def predict_gray(self, gray: np.ndarray) -> pd.DataFrame:
         """One row per face found in a grayscale image (see `face_table`)."""

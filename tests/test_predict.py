@@ -137,6 +137,14 @@ def test_framing_is_measured_back_from_training_like_crops(predictor: predict.Pr
     assert predict.measure_framing(np.full((30, 48, 48), 128, np.uint8)) == predict.Framing()
 
 
+def test_batches_are_padded_without_changing_results(predictor: predict.Predictor) -> None:
+    inputs = np.random.default_rng(0).integers(0, 256, (predictor.batch_size + 5, 48, 48), dtype=np.uint8)
+    together = predictor.probabilities(inputs)
+    assert together.shape == (len(inputs), len(predictor.labels))
+    np.testing.assert_allclose(together[-3:], predictor.probabilities(inputs[-3:]), rtol=1e-4, atol=1e-6)
+    assert predictor.probabilities(inputs[:0]).shape == (0, len(predictor.labels))
+
+
 def test_crop_reaching_past_the_border_is_padded() -> None:
     gray = np.arange(100 * 80, dtype=np.uint32).reshape(100, 80).astype(np.uint8)
     crop = predict.crop_face(gray, (-10, -10, 30, 30))
