@@ -231,6 +231,8 @@ def run_pipeline(
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # MLflow's download bars would fill the executed notebooks that reviewers read.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     kernel = _kernel_name()
     for index, notebook in enumerate(selected, start=1):
         name = notebook.stem

@@ -120,16 +120,20 @@ def _param_value(value: Any) -> str:
 
 
 def tag_dataset(manifest: "pd.DataFrame") -> str:
-    """Tag the active run, and its pipeline parent, with the manifest's fingerprint; return it."""
+    """Tag the active run with the manifest's fingerprint, and its pipeline parent unless already tagged.
+
+    The parent keeps the first fingerprint it gets (01's full manifest), not a later filtered one.
+    """
     from fer_lab.data import manifest_fingerprint
 
     fingerprint = manifest_fingerprint(manifest)
     run = mlflow.active_run()
     if run is not None:
         mlflow.set_tag("dataset_fingerprint", fingerprint)
-        parent = MlflowClient().get_run(run.info.run_id).data.tags.get("mlflow.parentRunId")
-        if parent:
-            MlflowClient().set_tag(parent, "dataset_fingerprint", fingerprint)
+        client = MlflowClient()
+        parent = client.get_run(run.info.run_id).data.tags.get("mlflow.parentRunId")
+        if parent and "dataset_fingerprint" not in client.get_run(parent).data.tags:
+            client.set_tag(parent, "dataset_fingerprint", fingerprint)
     return fingerprint
 
 
