@@ -36,6 +36,7 @@ ui: setup
 bench: setup  ## speed benchmarks; DATA=path to a real dataset (default ../shared/data/fer2013)
 	$(BIN)/python benchmarks/bench_faces.py --data $(or $(DATA),../shared/data/fer2013)
 	$(BIN)/python benchmarks/bench_train.py --data $(or $(DATA),../shared/data/fer2013)
+	$(BIN)/python benchmarks/bench_video.py --data $(or $(DATA),../shared/data/fer2013)
 
 clean:
 	rm -rf reports data/work .pytest_cache
