@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+import zmq
+from traitlets.config import Config
 
 from fer_lab import project, report, tracking
 from fer_lab.errors import FerLabError
 
+# ipykernel >= 7.3 warns on every start over unencrypted TCP; "auto" encrypts with CurveZMQ when the
+# kernelspec supports it and otherwise starts the kernel as before (jupyter_client rejects "auto"
+# when pyzmq was built without CurveZMQ).
+KERNEL_CONFIG = Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
 SHARED_PARAMETERS = ("data_dir", "work_dir", "seed", "tracking_uri", "experiment", "parent_run_id")
 
 
@@ -244,7 +250,7 @@ def run_pipeline(
         try:
             papermill.execute_notebook(
                 str(notebook), str(output), parameters=parameters, kernel_name=kernel,
-                cwd=str(notebooks_dir), progress_bar=False,
+                cwd=str(notebooks_dir), progress_bar=False, config=KERNEL_CONFIG,
             )
         except PapermillExecutionError as failure:
             error = f"{failure.ename}: {failure.evalue}"

@@ -64,6 +64,11 @@ def test_pipeline_tracks_parent_and_child_runs(pipeline, tmp_path):
     assert "01_first.html" in index and "02_second.html" in index
 
 
+def test_kernels_start_without_the_unencrypted_transport_warning(pipeline, tmp_path, capfd):
+    assert _run(pipeline, tmp_path).ok
+    assert "without encryption" not in capfd.readouterr().err
+
+
 def test_failing_notebook_stops_pipeline_and_marks_runs_failed(pipeline, tmp_path):
     result = _run(pipeline, tmp_path, overrides={"02_second.should_fail": True})
     assert not result.ok
