@@ -330,8 +330,8 @@ def log_model(model: keras.Model, labels: Sequence[str], input_size: int = model
     from mlflow.types.schema import Schema, TensorSpec
 
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, input_size, input_size, 1), "pixels")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)), "probabilities")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, input_size, input_size, 1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)))]),
     )
     info = mlflow.keras.log_model(
         model,
