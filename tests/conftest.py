@@ -44,6 +44,28 @@ def write_image():
     return write
 
 
+# The shared parameters the runner injects into every notebook, as a test notebook declares them.
+SHARED_NOTEBOOK_PARAMETERS = ('data_dir = "data/sample"\nwork_dir = ""\nseed = 0\ntracking_uri = ""\n'
+                              'experiment = "fer-lab"\nparent_run_id = ""\n')
+
+
+@pytest.fixture
+def write_notebook():
+    """Write a two-cell notebook: the shared parameters plus `parameters` (tagged), then `body`."""
+    import nbformat
+
+    def write(path: Path, parameters: str, body: str) -> Path:
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell(SHARED_NOTEBOOK_PARAMETERS + parameters)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell, nbformat.v4.new_code_cell(body)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, path)
+        return path
+
+    return write
+
+
 @pytest.fixture
 def gradient_image():
     """Make a smooth random uint8 grayscale image, distinct per seed: gradient_image(seed, height, width)."""

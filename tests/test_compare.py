@@ -6,7 +6,6 @@ import math
 import shutil
 
 import mlflow
-import nbformat
 import pandas as pd
 import pytest
 
@@ -184,15 +183,6 @@ def test_table_curves_recall_and_mcnemar_from_store(store) -> None:
         compare.load_predictions(runs["older"])
 
 
-def _write_notebook(path, parameters: str, body: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell(parameters)
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
 FAKE_TRAIN = '''
 import mlflow
 import pandas as pd
@@ -212,15 +202,13 @@ target.parent.mkdir(parents=True, exist_ok=True)
 frame.to_csv(target, index=False)
 mlflow.log_artifact(str(target))
 '''
-SHARED = ('data_dir = "data/sample"\nwork_dir = ""\nseed = 0\ntracking_uri = ""\nexperiment = "fer-lab"\n'
-          'parent_run_id = ""\n')
 
 
 @pytest.mark.slow
-def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path) -> None:
+def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path, write_notebook) -> None:
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    _write_notebook(notebooks / "03_train.ipynb", SHARED + "skill = 0\n", FAKE_TRAIN)
+    write_notebook(notebooks / "03_train.ipynb", "skill = 0\n", FAKE_TRAIN)
     shutil.copy(project.NOTEBOOKS_DIR / "05_compare.ipynb", notebooks / "05_compare.ipynb")
     (tmp_path / "data").mkdir()
     experiment_file = tmp_path / "skill.yaml"

@@ -1,40 +1,25 @@
 """The papermill runner: parameter checks before anything runs, tracking, and a failing notebook."""
 
-from pathlib import Path
-
 import mlflow
-import nbformat
 import pytest
 from mlflow.tracking import MlflowClient
 
 from fer_lab import runner
 from fer_lab.errors import FerLabError
 
-
-
-def _notebook(path: Path, parameters: str, body: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
-SHARED = 'data_dir = "data/sample"\nwork_dir = ""\nseed = 0\ntracking_uri = ""\nexperiment = "fer-lab"\nparent_run_id = ""\n'
 START = ('import mlflow\nfrom fer_lab import tracking\n'
          'tracking.start_notebook_run("{name}", {{"seed": seed}}, tracking_uri=tracking_uri,'
          ' experiment=experiment, parent_run_id=parent_run_id)\n')
 
 
 @pytest.fixture
-def pipeline(tmp_path):
+def pipeline(tmp_path, write_notebook):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    _notebook(notebooks / "01_first.ipynb", SHARED + "answer = 1\n",
-              START.format(name="01_first") + 'mlflow.log_metric("answer", answer)\n')
-    _notebook(notebooks / "02_second.ipynb", SHARED + "should_fail = False\n",
-              START.format(name="02_second") + 'if should_fail:\n    raise ValueError("planned failure")\n')
+    write_notebook(notebooks / "01_first.ipynb", "answer = 1\n",
+                   START.format(name="01_first") + 'mlflow.log_metric("answer", answer)\n')
+    write_notebook(notebooks / "02_second.ipynb", "should_fail = False\n",
+                   START.format(name="02_second") + 'if should_fail:\n    raise ValueError("planned failure")\n')
     data = tmp_path / "data"
     data.mkdir()
     return notebooks, data, f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
