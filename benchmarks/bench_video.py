@@ -60,7 +60,7 @@ def dataset_faces(data_dir: str, count: int = 400) -> tuple[np.ndarray, list[str
 
 def decode_rate(path: Path, sample_fps: float) -> float:
     """Sampled frames per second when the reader does nothing else."""
-    reader = video._VideoReader(path)
+    reader = video.VideoReader(path)
     started = time.perf_counter()
     count = sum(1 for _ in reader.sampled(min(sample_fps, reader.fps), None))
     reader.release()
@@ -72,7 +72,7 @@ def naive_rate(path: Path, loaded: predict.LoadedModel, sample_fps: float) -> tu
     with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
         warnings.simplefilter("ignore", UserWarning)
         import face_recognition
-    reader = video._VideoReader(path)
+    reader = video.VideoReader(path)
     size = loaded.input_size
     loaded.model.predict(np.zeros((1, size, size, 1), np.float32), verbose=0)  # compile outside the clock
     frames = faces = 0

@@ -184,7 +184,7 @@ def analyze_video(
         raise FerLabError(f"detect_every must be at least 1, not {detect_every}")
     path = Path(path)
     tracker = tracker or FaceTracker()
-    reader = _VideoReader(path)
+    reader = VideoReader(path)
     warnings = list(reader.warnings)
     sample_fps = min(sample_fps, reader.fps)
     limit = reader.frame_count  # 0 when the container does not say
@@ -308,7 +308,7 @@ def _classify(pending: list[_Sampled], predictor: predict.Predictor, writer: "_W
     yield table
 
 
-class _VideoReader:
+class VideoReader:
     """cv2.VideoCapture with checks that turn OpenCV's silent failures into messages."""
 
     def __init__(self, path: Path) -> None:
@@ -572,7 +572,7 @@ def true_labels(table: pd.DataFrame, file: str, truth: pd.DataFrame) -> pd.Serie
 
 def preview_frames(path: str | os.PathLike[str], count: int = 6) -> list[np.ndarray]:
     """`count` RGB frames spread evenly over a video (e.g. an annotated one), for display."""
-    reader = _VideoReader(Path(path))
+    reader = VideoReader(Path(path))
     try:
         total = reader.frame_count or count
         wanted = set(np.linspace(0, total - 1, count).round().astype(int).tolist())
