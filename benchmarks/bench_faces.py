@@ -28,7 +28,6 @@ import resource
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +47,7 @@ def naive_rate(images: list, settings: faces.DetectorSettings) -> tuple[float, f
 
     `images` are file paths (decoded inside the loop, as a naive script would) or pixel arrays.
     """
-    with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
-        warnings.simplefilter("ignore", UserWarning)
-        import face_recognition
+    face_recognition = faces.import_quietly("face_recognition")
     found = 0
     started, cpu = time.perf_counter(), time.process_time()
     for image in images:
@@ -115,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     subset = manifest.iloc[: args.naive_limit].reset_index(drop=True)
     root = data.data_root(args.data)
     files = [root / path for path in subset["path"]]
-    images = files if all(file.is_file() for file in files) else list(data.load_pixels(args.data, subset))
+    pixels = list(data.load_pixels(args.data, subset))
+    images = files if all(file.is_file() for file in files) else pixels
     naive, naive_cpu, found = naive_rate(images, settings)
     print(f"naive load_image_file + face_locations loop: {naive:.0f} images/s on {len(subset)} images "
           f"({found} with a face at "
           f"threshold 0), {len(manifest) / naive:.0f} s extrapolated to all {len(manifest)}; "
           f"{naive_cpu:.0f} images per CPU second")
-    limit = hog_limit_rate(list(data.load_pixels(args.data, subset)), settings) * faces.available_cores()
+    limit = hog_limit_rate(pixels, settings) * faces.available_cores()
     print(f"speed-up, wall clock: {ours / naive:.1f}x fresh, {len(manifest) / naive / cached_seconds:.0f}x cached")
     print(f"speed-up, idle-machine estimate: {ours_cpu * cores / naive_cpu:.1f}x fresh on {cores} cores")
     print(f"hardware limit (bare HOG on prepared images, {faces.available_cores()} cores): {limit:.0f} images/s; "

@@ -34,9 +34,7 @@ MODES = ("tensors", "pipeline", "naive")
 
 def load_images(data_dir: str, minimum: int) -> tuple[np.ndarray, np.ndarray]:
     """Train pixels and one-hot targets, tiled up to `minimum` images so no epoch boundary falls inside a run."""
-    data_path = project.resolve(data_dir)
-    if data_path == project.SAMPLE_DIR:
-        sample.ensure_sample()
+    data_path = sample.resolve_dataset(data_dir)
     work_path = project.WORK_DIR / "bench_train" / data_path.name
     manifest = data.load_or_build_manifest(data_path, work_path)
     rows = manifest[manifest["readable"].astype(bool) & (manifest["split"] == "train")].reset_index(drop=True)

@@ -23,7 +23,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from fer_lab import data, models, predict, preprocess, project, sample, video  # noqa: E402
+from fer_lab import data, faces, models, predict, preprocess, project, sample, video  # noqa: E402
 
 RECIPE = project.PARAMS_DIR / "fer2013-cpu.yaml"
 
@@ -50,9 +49,7 @@ def recipe_model() -> predict.LoadedModel:
 
 def dataset_faces(data_dir: str, count: int = 400) -> tuple[np.ndarray, list[str]]:
     """The first `count` readable training images and their labels."""
-    data_path = project.resolve(data_dir)
-    if data_path == project.SAMPLE_DIR:
-        sample.ensure_sample()
+    data_path = sample.resolve_dataset(data_dir)
     manifest = data.build_manifest(data_path)
     rows = manifest[manifest["readable"] & (manifest["split"] == "train")].head(count).reset_index(drop=True)
     return data.load_pixels(data_path, rows), rows["label"].tolist()
@@ -69,13 +66,11 @@ def decode_rate(path: Path, sample_fps: float) -> float:
 
 def naive_rate(path: Path, loaded: predict.LoadedModel, sample_fps: float) -> tuple[float, int]:
     """Sampled frames per second and faces found by a per-frame detect-then-predict-each-face loop."""
-    with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
-        warnings.simplefilter("ignore", UserWarning)
-        import face_recognition
+    face_recognition = faces.import_quietly("face_recognition")
     reader = video.VideoReader(path)
     size = loaded.input_size
     loaded.model.predict(np.zeros((1, size, size, 1), np.float32), verbose=0)  # compile outside the clock
-    frames = faces = 0
+    frames = found = 0
     started = time.perf_counter()
     for _, frame in reader.sampled(min(sample_fps, reader.fps), None):
         rgb = np.ascontiguousarray(frame[:, :, ::-1])
@@ -83,10 +78,10 @@ def naive_rate(path: Path, loaded: predict.LoadedModel, sample_fps: float) -> tu
         for top, right, bottom, left in face_recognition.face_locations(rgb):
             pixels = preprocess.to_model_input(gray[max(0, top):bottom, max(0, left):right], size)
             loaded.model.predict(pixels[None, ..., None].astype(np.float32), verbose=0)
-            faces += 1
+            found += 1
         frames += 1
     reader.release()
-    return frames / (time.perf_counter() - started), faces
+    return frames / (time.perf_counter() - started), found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     loaded = predict.load_model(args.model) if args.model else recipe_model()
-    faces, labels = dataset_faces(args.data)
+    images, labels = dataset_faces(args.data)
     detector = predict.FaceDetector(predict.DetectorConfig(max_side=video.VIDEO_MAX_SIDE))
     with tempfile.TemporaryDirectory() as work_dir:
-        demo = video.make_demo_inputs(work_dir, faces, labels, seconds=args.seconds, detector=detector)
+        demo = video.make_demo_inputs(work_dir, images, labels, seconds=args.seconds, detector=detector)
         print(f"{demo.video.name}: 640x360, 30 fps, {args.seconds:g} s; sampled at {args.sample_fps:g} fps; "
               f"model {loaded.reference} ({loaded.input_size} px); {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}")

@@ -24,6 +24,7 @@ random noise, below 0.36 for every FER2013 image).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -129,6 +131,13 @@ def prepare(image: np.ndarray, settings: DetectorSettings) -> np.ndarray:
     return np.pad(pixels, pad, mode="edge") if pad else pixels
 
 
+def import_quietly(module: str) -> ModuleType:
+    """Import `face_recognition` or `face_recognition_models` without their pkg_resources deprecation warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return importlib.import_module(module)
+
+
 def pixel_statistics(image: np.ndarray) -> tuple[float, float, float]:
     """(contrast, flatness, noise) of a 2-D uint8 image; see the module docstring.
 
@@ -182,9 +191,7 @@ class _Detector:
         if settings.model == "hog":
             self._hog = dlib.get_frontal_face_detector()
         else:
-            with warnings.catch_warnings():  # face_recognition_models still imports pkg_resources
-                warnings.simplefilter("ignore", UserWarning)
-                import face_recognition_models
+            face_recognition_models = import_quietly("face_recognition_models")
             self._cnn = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
 
     def __call__(self, image: np.ndarray) -> list[list[float]]:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from fer_lab import preprocess
+from fer_lab import faces, preprocess
 from fer_lab.data import CLASSES, IMAGE_EXTENSIONS
 from fer_lab.errors import FerLabError
 
@@ -81,8 +81,7 @@ class FaceDetector:
         if config.model == "hog":
             self._hog = dlib.get_frontal_face_detector()
         else:
-            import face_recognition_models
-
+            face_recognition_models = faces.import_quietly("face_recognition_models")
             self._cnn = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
 
     def __call__(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

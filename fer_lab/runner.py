@@ -197,11 +197,9 @@ def run_pipeline(
     shared = params["shared"]
     if data_dir is not None:
         shared["data_dir"] = str(project.resolve(data_dir))
-    data_path = project.resolve(shared.get("data_dir", project.SAMPLE_DIR))
-    if data_path == project.SAMPLE_DIR:
-        from fer_lab.sample import ensure_sample
+    from fer_lab.sample import resolve_dataset
 
-        ensure_sample()
+    data_path = resolve_dataset(shared.get("data_dir", project.SAMPLE_DIR))
     if not data_path.exists():
         raise FerLabError(f"{data_path}: dataset not found")
     shared["data_dir"] = str(data_path)

@@ -130,6 +130,14 @@ def ensure_sample(out_dir: str | os.PathLike[str] | None = None) -> Path:
     return make_sample(out_dir, per_class=DEFAULT_PER_CLASS)
 
 
+def resolve_dataset(path: str | os.PathLike[str]) -> Path:
+    """`path` as an absolute path; when it names the default sample, the sample is generated first if missing."""
+    resolved = project.resolve(path)
+    if resolved == project.SAMPLE_DIR:
+        ensure_sample()
+    return resolved
+
+
 def render_face(label: str, rng: np.random.Generator) -> np.ndarray:
     """A 48x48 uint8 face showing `label`, with random identity, pose and lighting."""
     return _FaceRenderer(EXPRESSIONS[label], rng).render()
