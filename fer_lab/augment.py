@@ -19,6 +19,7 @@ from fer_lab.errors import FerLabError  # noqa: E402
 class AugmentConfig:
     """Which augmentations run and how strong they are; a probability of 0 switches one off."""
 
+    crop: int = 0  # side in pixels of a random square crop, scaled back to the input size (0: off)
     hflip: float = 0.5  # faces are near-symmetric, so mirroring is the safest augmentation
     affine: float = 0.7  # probability of a random shift / scale / rotation
     shift: float = 0.08  # fraction of the image size
@@ -38,27 +39,31 @@ class AugmentConfig:
         unknown = set(values) - known
         if unknown:
             raise FerLabError(f"augment: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-        config = cls(**{key: (int(v) if key == "dropout_holes" else float(v)) for key, v in values.items()})
+        config = cls(**{key: (int(v) if key in ("dropout_holes", "crop") else float(v)) for key, v in values.items()})
+        if config.crop < 0:
+            raise FerLabError(f"augment.crop is a side in pixels (0: off), not {config.crop}")
         for name in ("hflip", "affine", "brightness_contrast", "dropout"):
             if not 0.0 <= getattr(config, name) <= 1.0:
                 raise FerLabError(f"augment.{name} is a probability in [0, 1], not {getattr(config, name)}")
         return config
 
-    @classmethod
-    def none(cls) -> "AugmentConfig":
-        return cls(hflip=0.0, affine=0.0, brightness_contrast=0.0, dropout=0.0)
-
     @property
     def enabled(self) -> bool:
-        return any((self.hflip, self.affine, self.brightness_contrast, self.dropout))
+        return any((self.crop, self.hflip, self.affine, self.brightness_contrast, self.dropout))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def build_pipeline(config: AugmentConfig, seed: int | None = None) -> A.Compose:
-    """The albumentations pipeline for 2-D uint8 grayscale images."""
+def build_pipeline(config: AugmentConfig, image_size: int, seed: int | None = None) -> A.Compose:
+    """The albumentations pipeline for 2-D uint8 grayscale images of `image_size` pixels."""
     transforms: list[A.BasicTransform] = []
+    if config.crop:
+        if config.crop > image_size:
+            raise FerLabError(f"augment.crop ({config.crop} px) is larger than the {image_size} px images")
+        # The same crop-then-resize (bilinear) as `crops.ten_crop` at test time.
+        transforms.append(A.RandomCrop(config.crop, config.crop))
+        transforms.append(A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR))
     if config.hflip:
         transforms.append(A.HorizontalFlip(p=config.hflip))
     if config.affine:
@@ -90,3 +95,33 @@ def augment_batch(pipeline: A.Compose, images: np.ndarray) -> np.ndarray:
     for index, image in enumerate(images):
         out[index] = pipeline(image=image)["image"]
     return out
+
+
+TTA_MODES = ("none", "flip", "tencrop")
+
+
+def test_time_views(pixels: np.ndarray, mode: str, crop: int = 0) -> list[np.ndarray]:
+    """The views of uint8 images (N, H, W) whose predictions test-time augmentation averages.
+
+    `flip`: the image and its mirror. `tencrop`: the four corner crops and the centre crop of side
+    `crop`, each scaled back to the image size as in training (`AugmentConfig.crop`), and their mirrors.
+    """
+    if mode not in TTA_MODES:
+        raise FerLabError(f"tta must be one of {', '.join(TTA_MODES)}, not {mode!r}")
+    views = [pixels]
+    if mode == "tencrop":
+        size = pixels.shape[1]
+        if not 0 < crop < size:
+            raise FerLabError(f"ten-crop needs a crop side between 1 and {size - 1} pixels, not {crop}")
+        far, centre = size - crop, (size - crop) // 2
+        views = [_crop_and_resize(pixels, top, left, crop)
+                 for top, left in ((0, 0), (0, far), (far, 0), (far, far), (centre, centre))]
+    if mode != "none":
+        views += [view[:, :, ::-1] for view in views]
+    return views
+
+
+def _crop_and_resize(pixels: np.ndarray, top: int, left: int, crop: int) -> np.ndarray:
+    size = (pixels.shape[2], pixels.shape[1])
+    return np.stack([cv2.resize(image[top:top + crop, left:left + crop], size, interpolation=cv2.INTER_LINEAR)
+                     for image in pixels])

@@ -9,6 +9,7 @@ from the artifact alone (05_compare does, for McNemar's test).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import warnings
 from collections.abc import Sequence
@@ -21,9 +22,11 @@ import pandas as pd
 from mlflow.entities import Metric
 from sklearn import metrics as skm
 
+from fer_lab import augment
 from fer_lab.errors import FerLabError
 
 PREDICTION_COLUMNS = ("path", "sha1", "label", "pred")
+DEFAULT_TENCROP = 44  # ten-crop side for a model trained without crops
 
 
 class LeakageWarning(UserWarning):
@@ -66,13 +69,17 @@ def select_split(manifest: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def predict_probabilities(model: Any, pixels: np.ndarray, *, batch_size: int = 256,
-                          flip: bool = False) -> np.ndarray:
-    """Class probabilities for uint8 images (N, H, W); `flip` mirrors them left-right first."""
-    batch = np.asarray(pixels, dtype=np.float32)
-    if flip:
-        batch = batch[:, :, ::-1]
-    return np.asarray(model.predict(batch[..., None], batch_size=batch_size, verbose=0), dtype=np.float64)
+def predict_probabilities(model: Any, pixels: np.ndarray, *, batch_size: int = 256, tta: str = "none",
+                          crop: int = 0) -> np.ndarray:
+    """Class probabilities for uint8 images (N, H, W), averaged over the test-time views of `tta`.
+
+    `tta` is none, flip (the image and its mirror) or tencrop (corner and centre crops of side `crop`,
+    and their mirrors); see `augment.test_time_views`.
+    """
+    views = augment.test_time_views(np.asarray(pixels), tta, crop)
+    total = sum(np.asarray(model.predict(np.asarray(view, dtype=np.float32)[..., None], batch_size=batch_size,
+                                         verbose=0), dtype=np.float64) for view in views)
+    return total / len(views)
 
 
 def predictions_frame(rows: pd.DataFrame, probabilities: np.ndarray,
@@ -241,11 +248,25 @@ def leakage_report(predictions: pd.DataFrame, train_sha1: Sequence[str]) -> dict
     return report
 
 
-def tta_report(plain: pd.DataFrame, flipped_probabilities: np.ndarray,
+def tta_settings(tta: bool | str, crop: int, training_run_id: str) -> tuple[str, int]:
+    """The test-time augmentation mode and ten-crop side for 04_evaluate's `tta` and `tta_crop` parameters.
+
+    `tta` True/False mean flip/none. A `crop` of 0 takes the crop side the training run augmented with
+    (its `augment` parameter), else 44 px.
+    """
+    mode = {True: "flip", False: "none"}.get(tta, tta) if isinstance(tta, bool) else str(tta).lower()
+    if mode not in augment.TTA_MODES:
+        raise FerLabError(f"tta must be one of {', '.join(augment.TTA_MODES)}, not {tta!r}")
+    if mode == "tencrop" and not crop:
+        augmented = json.loads(mlflow.get_run(training_run_id).data.params.get("augment") or "{}")
+        crop = int(augmented.get("crop") or DEFAULT_TENCROP)
+    return mode, int(crop)
+
+
+def tta_report(plain: pd.DataFrame, averaged_probabilities: np.ndarray,
                labels: Sequence[str]) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Average the plain and mirrored probabilities; returns the TTA predictions and the accuracy gain."""
-    averaged = (probability_matrix(plain, labels) + np.asarray(flipped_probabilities)) / 2.0
-    tta = predictions_frame(plain, averaged, labels)
+    """The predictions from test-time averaged probabilities, and their accuracy gain over `plain`."""
+    tta = predictions_frame(plain, np.asarray(averaged_probabilities), labels)
     plain_accuracy = float((plain["label"] == plain["pred"]).mean())
     tta_accuracy = float((tta["label"] == tta["pred"]).mean())
     return tta, {"accuracy_tta": tta_accuracy, "tta_gain": tta_accuracy - plain_accuracy}

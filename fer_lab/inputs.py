@@ -123,9 +123,37 @@ def batch_seed(seed: int, epoch: int, batch: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + batch) % (2**31 - 1)
 
 
+def mix_batch(images: np.ndarray, targets: np.ndarray, weights: np.ndarray | None, *, mixup: float, cutmix: float,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Mixup or CutMix a batch with a shuffled copy of itself; the targets mix in the same proportion.
+
+    `mixup` and `cutmix` are the Beta(alpha, alpha) parameters of the mixing proportion (0: off); with
+    both on, each batch uses one of them at random. Images are float32 (B, H, W); targets still sum to one.
+    """
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    if alpha <= 0:
+        return images, targets, weights
+    share = float(rng.beta(alpha, alpha))
+    partner = rng.permutation(len(images))
+    if use_cutmix:
+        height, width = images.shape[1:3]
+        cut_h, cut_w = int(round(height * np.sqrt(1 - share))), int(round(width * np.sqrt(1 - share)))
+        top, left = rng.integers(0, height - cut_h + 1), rng.integers(0, width - cut_w + 1)
+        images = images.copy()
+        images[:, top:top + cut_h, left:left + cut_w] = images[partner, top:top + cut_h, left:left + cut_w]
+        share = 1.0 - cut_h * cut_w / (height * width)  # the pasted area decides the target share
+    else:
+        images = share * images + (1 - share) * images[partner]
+    targets = (share * targets + (1 - share) * targets[partner]).astype(np.float32)
+    if weights is not None:
+        weights = (share * weights + (1 - share) * weights[partner]).astype(np.float32)
+    return images.astype(np.float32), targets, weights
+
+
 def training_dataset(split: Split, *, batch_size: int, augmentation: augment.AugmentConfig, seed: int,
-                     epoch: int) -> tf.data.Dataset:
-    """One epoch of shuffled, augmented batches: (float32 images (B, H, W, 1), targets[, weights])."""
+                     epoch: int, mixup: float = 0.0, cutmix: float = 0.0) -> tf.data.Dataset:
+    """One epoch of shuffled, augmented (and optionally mixed) batches: (float32 images (B, H, W, 1), targets[, weights])."""
     size = len(split)
     batch_size = min(batch_size, size)
     steps = steps_per_epoch(size, batch_size)
@@ -137,11 +165,15 @@ def training_dataset(split: Split, *, batch_size: int, augmentation: augment.Aug
         images = split.pixels[chosen]
         if augmentation.enabled:
             if not hasattr(local, "pipeline"):
-                local.pipeline = augment.build_pipeline(augmentation)
+                local.pipeline = augment.build_pipeline(augmentation, images.shape[1])
             local.pipeline.set_random_seed(batch_seed(seed, epoch, int(index)))
             images = augment.augment_batch(local.pipeline, images)
-        batch = (images.astype(np.float32)[..., None], split.targets[chosen])
-        return batch if split.weights is None else (*batch, split.weights[chosen])
+        weights = None if split.weights is None else split.weights[chosen]
+        images, targets, weights = mix_batch(images.astype(np.float32), split.targets[chosen], weights,
+                                             mixup=mixup, cutmix=cutmix,
+                                             rng=np.random.default_rng(batch_seed(seed, epoch, int(index))))
+        batch = (images[..., None], targets)
+        return batch if weights is None else (*batch, weights)
 
     height, width = split.pixels.shape[1:]
     shapes = [(batch_size, height, width, 1), (batch_size, split.targets.shape[1])]

@@ -1,4 +1,4 @@
-"""Model builders: EfficientNet (B0..B7, V2) or a small plain CNN behind one input and head contract.
+"""Model builders: EfficientNet (B0..B7, V2), a small plain CNN or a small ResNet behind one input and head contract.
 
 Every model takes float32 grayscale pixels (N, 48, 48, 1) in 0..255 and returns softmax
 probabilities. Resizing to the backbone's resolution, the gray->RGB repeat and the scaling each
@@ -23,6 +23,7 @@ from fer_lab.errors import FerLabError
 
 INPUT_SIZE = 48
 CNN_BACKBONE = "cnn"
+RESNET_BACKBONE = "resnet"
 HEAD_PREFIX = "head_"
 
 _EFFICIENTNET_V1 = {f"efficientnetb{i}": f"EfficientNetB{i}" for i in range(8)}
@@ -30,7 +31,7 @@ _EFFICIENTNET_V2 = {
     f"efficientnetv2{suffix.lower()}": f"EfficientNetV2{suffix}" for suffix in ("B0", "B1", "B2", "B3", "S", "M", "L")
 }
 EFFICIENTNETS = {**_EFFICIENTNET_V1, **_EFFICIENTNET_V2}
-BACKBONES = (CNN_BACKBONE, *EFFICIENTNETS)
+BACKBONES = (CNN_BACKBONE, RESNET_BACKBONE, *EFFICIENTNETS)
 
 _V1_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/"
 _V2_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
@@ -80,6 +81,31 @@ class CnnConfig:
 
 
 @dataclass(frozen=True)
+class ResnetConfig:
+    """A ResNet for 48 px faces: a 3x3 stem, then stages of basic residual blocks, max-pooling between stages.
+
+    Pooling between stages instead of strided convolutions keeps the compute of the plain CNN (every
+    stage costs about the same: channels double as the area quarters), so the skips come nearly free.
+    """
+
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    blocks: tuple[int, ...] = (1, 1, 1, 1)  # basic blocks (two 3x3 convolutions each) per stage
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "ResnetConfig":
+        values = dict(values or {})
+        unknown = set(values) - {"widths", "blocks"}
+        if unknown:
+            raise FerLabError(f"resnet: unknown keys {sorted(unknown)} (known: widths, blocks)")
+        widths = tuple(int(width) for width in values.get("widths", cls.widths))
+        blocks = values.get("blocks", cls.blocks)
+        blocks = (int(blocks),) * len(widths) if isinstance(blocks, (int, float)) else tuple(int(b) for b in blocks)
+        if len(blocks) != len(widths) or min(blocks) < 1 or min(widths) < 1:
+            raise FerLabError(f"resnet: blocks {list(blocks)} must give a positive count for each of the widths {list(widths)}")
+        return cls(widths, blocks)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that decides the architecture and its initial weights."""
 
@@ -88,6 +114,7 @@ class ModelConfig:
     weights: str = "none"  # imagenet | none | path to a backbone weights file (.h5)
     head: HeadConfig = field(default_factory=HeadConfig)
     cnn: CnnConfig = field(default_factory=CnnConfig)
+    resnet: ResnetConfig = field(default_factory=ResnetConfig)
 
     @property
     def pretrained(self) -> bool:
@@ -118,6 +145,8 @@ def build_model(config: ModelConfig, num_classes: int, input_size: int = INPUT_S
         x = layers.Resizing(config.image_size, config.image_size, interpolation="bilinear", name="resize")(x)
     if config.backbone == CNN_BACKBONE:
         backbone = _plain_cnn(config.image_size, config.cnn)
+    elif config.backbone == RESNET_BACKBONE:
+        backbone = _resnet(config.image_size, config.resnet)
     else:
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
         backbone = _efficientnet(config.backbone, config.image_size, weights)
@@ -147,6 +176,35 @@ def _plain_cnn(image_size: int, config: CnnConfig) -> keras.Model:
         if config.block_dropout:
             x = layers.Dropout(config.block_dropout, name=f"block{block}_dropout")(x)
     return keras.Model(inputs, x, name="plain_cnn")
+
+
+def _resnet(image_size: int, config: ResnetConfig) -> keras.Model:
+    inputs = keras.Input((image_size, image_size, 1), name="resnet_input")
+    x = layers.Rescaling(1.0 / 255.0, name="stem_rescale")(inputs)
+    x = layers.Conv2D(config.widths[0], 3, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    for stage, (width, blocks) in enumerate(zip(config.widths, config.blocks), start=1):
+        if stage > 1:
+            x = layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
+        for block in range(1, blocks + 1):
+            x = _basic_block(x, width, f"stage{stage}_block{block}")
+    return keras.Model(inputs, x, name="resnet")
+
+
+def _basic_block(x: Any, width: int, name: str) -> Any:
+    shortcut = x
+    if x.shape[-1] != width:
+        shortcut = layers.Conv2D(width, 1, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.Activation("relu", name=f"{name}_relu1")(y)
+    y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    # Zero-initialised last BatchNorm: each block starts as the identity, which trains faster.
+    y = layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.Activation("relu", name=f"{name}_out")(y)
 
 
 def _head(features: Any, head: HeadConfig, num_classes: int) -> Any:
@@ -185,7 +243,8 @@ def layer_groups(backbone: keras.Model) -> list[tuple[str, list[keras.layers.Lay
     """The backbone's layers with weights, grouped into blocks in network order.
 
     A block is the layer-name prefix before the first `_` (`stem`, `block1a`, ..., `block7a`, `top`
-    for EfficientNet; `block1`..`blockN` for the plain CNN), so `top:N` means the last N of these.
+    for EfficientNet; `block1`..`blockN` for the plain CNN; `stem`, `stage1`..`stageN` for the ResNet),
+    so `top:N` means the last N of these.
     """
     groups: dict[str, list[keras.layers.Layer]] = {}
     for layer in backbone.layers:
@@ -220,8 +279,8 @@ def resolve_weights(backbone: str, weights: str | None, *, base_url: str | None 
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FerLabError(f"weights file {path} not found (weights = imagenet | none | a path to a .h5 file)")
-        if backbone == CNN_BACKBONE:
-            raise FerLabError("the plain cnn backbone takes no weights file; use weights=none")
+        if backbone in (CNN_BACKBONE, RESNET_BACKBONE):
+            raise FerLabError(f"the {backbone} backbone takes no weights file; use weights=none")
         return str(path.resolve())
     cached, url = imagenet_weights_file(backbone)
     if cached.is_file():
@@ -252,6 +311,7 @@ def model_config_from_params(
     weights: str,
     head: dict[str, Any] | None = None,
     cnn: dict[str, Any] | None = None,
+    resnet: dict[str, Any] | None = None,
 ) -> ModelConfig:
     """A `ModelConfig` from plain notebook parameters."""
     return ModelConfig(
@@ -260,6 +320,7 @@ def model_config_from_params(
         weights=str(weights),
         head=HeadConfig.from_dict(head),
         cnn=CnnConfig.from_dict(cnn),
+        resnet=ResnetConfig.from_dict(resnet),
     )
 
 
@@ -268,6 +329,8 @@ def describe(config: ModelConfig) -> str:
     base = f"{config.backbone}@{config.image_size}px"
     if config.backbone == CNN_BACKBONE:
         base += f" widths={list(config.cnn.widths)}x{config.cnn.convs_per_block}"
+    elif config.backbone == RESNET_BACKBONE:
+        base += f" widths={list(config.resnet.widths)} blocks={list(config.resnet.blocks)}"
     return f"{base}, weights={normalise_weights(config.weights) or 'none'}, head={config.head.pooling}" + (
         f"+dense{list(config.head.dense)}" if config.head.dense else ""
     )

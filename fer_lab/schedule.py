@@ -21,7 +21,7 @@ from fer_lab import models
 from fer_lab.errors import FerLabError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-LR_SCHEDULES = ("constant", "cosine", "onecycle")
+LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 ONECYCLE_WARMUP = 0.3  # share of a one-cycle phase spent warming up
 ONECYCLE_START = 1 / 25  # one-cycle starts at lr/25, as in fast.ai's recipe
 
@@ -34,9 +34,11 @@ class Phase:
     epochs: int
     trainable: str = "all"  # head | all | top:N (last N backbone blocks) | a fraction 0..1 of the blocks
     lr: float = 1e-3
-    lr_schedule: str = "cosine"  # constant | cosine | onecycle (linear warm-up then cosine)
+    lr_schedule: str = "cosine"  # constant | cosine | onecycle (linear warm-up then cosine) | plateau
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0  # where cosine decay ends, as a fraction of lr
+    plateau_patience: int = 2  # plateau: epochs without a better validation metric before the lr drops
+    plateau_factor: float = 0.5  # plateau: what the lr is multiplied by when it drops
     optimizer: str = "adam"  # adam | adamw | sgd (Nesterov momentum 0.9) | rmsprop
     weight_decay: float = 0.0
 
@@ -51,6 +53,8 @@ class Phase:
             raise FerLabError(
                 f"phase {self.name!r}: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}"
             )
+        if self.plateau_patience < 1 or not 0.0 < self.plateau_factor < 1.0:
+            raise FerLabError(f"phase {self.name!r}: plateau_patience must be >= 1 and plateau_factor in (0, 1)")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise FerLabError(f"phase {self.name!r}: warmup_epochs must be in [0, epochs) ({self.epochs})")
         parse_trainable(self.trainable)
@@ -65,8 +69,10 @@ class Phase:
             raise FerLabError(f"phase {values!r}: every phase needs a name and epochs")
         values = dict(values)
         values["epochs"] = int(values["epochs"])
+        if "plateau_patience" in values:
+            values["plateau_patience"] = int(values["plateau_patience"])
         values["trainable"] = str(values.get("trainable", "all"))
-        for key in ("lr", "warmup_epochs", "min_lr_ratio", "weight_decay"):
+        for key in ("lr", "warmup_epochs", "min_lr_ratio", "weight_decay", "plateau_factor"):
             if key in values:
                 values[key] = float(values[key])
         return cls(**values)
@@ -199,8 +205,11 @@ def set_trainable(model: keras.Model, spec: str, *, freeze_batchnorm: bool) -> d
 
 
 def learning_rate(phase: Phase, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """The phase's learning rate, as a schedule over the phase's own optimizer steps."""
-    if phase.lr_schedule == "constant":
+    """The phase's learning rate, as a schedule over the phase's own optimizer steps.
+
+    `plateau` starts constant; `plateau_reduces` decides after each epoch whether training lowers it.
+    """
+    if phase.lr_schedule in ("constant", "plateau"):
         return phase.lr
     total = max(1, phase.epochs * steps_per_epoch)
     warmup_epochs = phase.warmup_epochs or (ONECYCLE_WARMUP * phase.epochs if phase.lr_schedule == "onecycle" else 0)
@@ -241,6 +250,24 @@ def compile_phase(
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
     return summary
+
+
+def plateau_reduces(values: Iterable[float], *, higher_is_better: bool, patience: int) -> bool:
+    """Whether a reduce-on-plateau rule lowers the learning rate after the last of a phase's epoch `values`.
+
+    The rule of Keras' ReduceLROnPlateau: count the epochs since the best value; at `patience` the rate
+    drops and the count restarts. Computed from the history alone, so a resumed run decides the same.
+    """
+    best, waited, reduce = None, 0, False
+    for value in values:
+        reduce = False
+        if best is None or (value > best if higher_is_better else value < best):
+            best, waited = value, 0
+            continue
+        waited += 1
+        if waited >= patience:
+            reduce, waited = True, 0
+    return reduce
 
 
 def current_learning_rate(model: keras.Model) -> float:

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fer_lab import augment, inputs, models, schedule
+from fer_lab import augment, ema, inputs, models, schedule
 from fer_lab.errors import FerLabError
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 STATE_FILE = "state.json"
 LAST_MODEL = "last.keras"
 BEST_MODEL = "best.keras"
+EMA_FILE = "ema.npz"
 MODEL_ARTIFACT = "model"
 FILTERED_MANIFEST = "filtered_manifest.csv"
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
@@ -52,6 +53,9 @@ class TrainConfig:
     class_weights: str = "none"  # none | balanced | sqrt
     soft_labels: float = 0.0  # weight of the FER+ vote distribution in the targets
     augment: augment.AugmentConfig = field(default_factory=augment.AugmentConfig)
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup's mixing share; 0: off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix's pasted area; 0: off (both on: one per batch)
+    ema: float = 0.0  # decay of the weight average that is validated, checkpointed and logged; 0: off
     freeze_batchnorm: str = "auto"  # auto (= when the weights are pretrained) | true | false
     monitor: str = "val_accuracy"
     seed: int = 0
@@ -64,6 +68,10 @@ class TrainConfig:
             raise FerLabError(f"batch_size must be positive, not {self.batch_size}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise FerLabError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise FerLabError(f"mixup and cutmix are Beta alphas >= 0 (0: off), not {self.mixup} / {self.cutmix}")
+        if not 0.0 <= self.ema < 1.0:
+            raise FerLabError(f"ema must be a decay in [0, 1) (0: off), e.g. 0.999, not {self.ema}")
         for name in ("freeze_batchnorm", "mixed_precision"):
             if str(getattr(self, name)).lower() not in ("auto", "true", "false"):
                 raise FerLabError(f"{name} must be auto, true or false, not {getattr(self, name)!r}")
@@ -79,12 +87,13 @@ class TrainConfig:
         cycles: int = 1,
         head: dict[str, Any] | None = None,
         cnn: dict[str, Any] | None = None,
+        resnet: dict[str, Any] | None = None,
         augment_params: dict[str, Any] | None = None,
         **options: Any,
     ) -> "TrainConfig":
         """Build from the plain values of notebook parameters / YAML."""
         return cls(
-            model=models.model_config_from_params(backbone, image_size, weights, head, cnn),
+            model=models.model_config_from_params(backbone, image_size, weights, head, cnn, resnet),
             schedule=schedule.Schedule.from_config(phases, cycles),
             augment=augment.AugmentConfig.from_dict(augment_params),
             **{key: (str(value).lower() if key in ("freeze_batchnorm", "mixed_precision") else value)
@@ -170,6 +179,9 @@ def train(
     else:
         model = models.build_model(config.model, len(labels), train_split.pixels.shape[1], seed=config.seed)
         _write_state(checkpoint_dir, {**state, "run_id": run_id})
+    average = ema.WeightAverage(model, config.ema) if config.ema else None
+    if average is not None and completed:
+        average.load(checkpoint_dir / EMA_FILE)
     if active is not None:
         mlflow.set_tags({"schedule": config.schedule.describe(), "total_epochs": str(total_epochs),
                          "model": models.describe(config.model)})
@@ -190,12 +202,18 @@ def train(
         if active is not None:
             mlflow.set_tag("phase", planned.tag)
         for epoch in range(max(planned.first_epoch, completed + 1), planned.last_epoch + 1):
-            row = _run_epoch(model, config, planned, epoch, train_split, val_data, steps)
+            row = _run_epoch(model, config, planned, epoch, train_split, val_data, steps, average)
             state["history"].append(row)
             value = row[config.monitor]
             if state["best_epoch"] == 0 or best_sign * (value - state["best_value"]) > 0:
                 state["best_epoch"], state["best_value"] = epoch, value
-            _save_checkpoint(model, checkpoint_dir, best=state["best_epoch"] == epoch)
+            if planned.phase.lr_schedule == "plateau" and schedule.plateau_reduces(
+                    [r[config.monitor] for r in state["history"] if r["phase"] == planned.index],
+                    higher_is_better=best_sign > 0, patience=planned.phase.plateau_patience):
+                model.optimizer.learning_rate.assign(row["lr"] * planned.phase.plateau_factor)
+                log(f"{config.monitor} has not improved for {planned.phase.plateau_patience} epochs: "
+                    f"lr {row['lr']:.2e} -> {row['lr'] * planned.phase.plateau_factor:.2e}")
+            _save_checkpoint(model, checkpoint_dir, best=state["best_epoch"] == epoch, average=average)
             state["completed_epochs"] = completed = epoch
             _write_state(checkpoint_dir, state)
             if active is not None:
@@ -213,18 +231,25 @@ def train(
 
 
 def _run_epoch(model: keras.Model, config: TrainConfig, planned: schedule.PlannedPhase, epoch: int,
-               train_split: inputs.Split, val_data: Any, steps: int) -> dict[str, Any]:
+               train_split: inputs.Split, val_data: Any, steps: int,
+               average: ema.WeightAverage | None) -> dict[str, Any]:
     dataset = inputs.training_dataset(train_split, batch_size=config.batch_size, augmentation=config.augment,
-                                      seed=config.seed, epoch=epoch)
+                                      seed=config.seed, epoch=epoch, mixup=config.mixup, cutmix=config.cutmix)
     learning_rate = schedule.current_learning_rate(model)
     started, cpu_started = time.perf_counter(), time.process_time()
-    fitted = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    fitted = model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[average] if average else None)
     train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     started = time.perf_counter()
-    validated = model.evaluate(val_data, verbose=0, return_dict=True)
+    raw = {}
+    if average is not None:
+        raw = {"val_accuracy_raw": float(model.evaluate(val_data, verbose=0, return_dict=True)["accuracy"])}
+        with average.applied():
+            validated = model.evaluate(val_data, verbose=0, return_dict=True)
+    else:
+        validated = model.evaluate(val_data, verbose=0, return_dict=True)
     val_seconds = time.perf_counter() - started
     images = steps * min(config.batch_size, len(train_split))
-    return {
+    return {**raw,
         "epoch": epoch, "phase_tag": planned.tag, "phase": planned.index, "cycle": planned.cycle,
         "train_loss": float(fitted.history["loss"][-1]), "train_accuracy": float(fitted.history["accuracy"][-1]),
         "val_loss": float(validated["loss"]), "val_accuracy": float(validated["accuracy"]),
@@ -250,7 +275,7 @@ def _load_state(checkpoint_dir: Path, config: TrainConfig, run_id: str, log: Cal
         raise FerLabError(f"{state_file}: unreadable checkpoint state ({error}); delete {checkpoint_dir} to start over")
     if run_id and state.get("run_id") and state["run_id"] != run_id:
         log(f"{checkpoint_dir} holds run {state['run_id']}, not {run_id}: starting a new training")
-        for name in (STATE_FILE, LAST_MODEL, BEST_MODEL):
+        for name in (STATE_FILE, LAST_MODEL, BEST_MODEL, EMA_FILE):
             (checkpoint_dir / name).unlink(missing_ok=True)
         return _fresh_state(config, run_id)
     if state.get("config_fingerprint") != config.fingerprint():
@@ -271,22 +296,34 @@ def _write_state(checkpoint_dir: Path, state: dict[str, Any]) -> None:
     os.replace(partial, checkpoint_dir / STATE_FILE)
 
 
-def _save_checkpoint(model: keras.Model, checkpoint_dir: Path, *, best: bool) -> None:
-    """Replace last.keras (and best.keras) atomically: a kill mid-write leaves the previous files intact."""
+def _save_checkpoint(model: keras.Model, checkpoint_dir: Path, *, best: bool,
+                     average: ema.WeightAverage | None = None) -> None:
+    """Replace last.keras (and best.keras) atomically: a kill mid-write leaves the previous files intact.
+
+    With a weight average, last.keras keeps the raw weights (what training resumes from), ema.npz the
+    average, and best.keras the averaged weights (what is validated and logged).
+    """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     partial = checkpoint_dir / "last.partial.keras"
     model.save(partial)
     if best:
         best_partial = checkpoint_dir / "best.partial.keras"
-        shutil.copyfile(partial, best_partial)
+        if average is None:
+            shutil.copyfile(partial, best_partial)
+        else:
+            with average.applied():
+                model.save(best_partial)
         os.replace(best_partial, checkpoint_dir / BEST_MODEL)
+    if average is not None:
+        average.save(checkpoint_dir / EMA_FILE)
     os.replace(partial, checkpoint_dir / LAST_MODEL)
 
 
 def _log_epoch(row: dict[str, Any]) -> None:
     from fer_lab import tracking
 
-    tracking.log_metrics({name: row[name] for name in EPOCH_METRICS}, step=int(row["epoch"]))
+    tracking.log_metrics({name: row[name] for name in (*EPOCH_METRICS, "val_accuracy_raw") if name in row},
+                         step=int(row["epoch"]))
 
 
 def _relog_missing_epochs(run_id: str, history: list[dict[str, Any]]) -> None:

@@ -1,0 +1,287 @@
+"""A fer-lab model vs the `fer` package's classifier on the same FER2013 PrivateTest images.
+
+    python benchmarks/bench_peers.py --model MODEL [--data PATH] [--limit N]
+                                     [--peer-python PATH] [--out FILE.json]
+
+MODEL is a run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION` (labels from the
+MLflow model's metadata; tracking URI $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db) or a
+`.keras` file (labels: the seven classes in alphabetical order).
+
+The images are the `PrivateTest_` files of `test/<class>/` in the Kaggle folder layout (3,589 in
+FER2013; `--limit N` keeps N of them, evenly spaced). They are already aligned 48x48 face crops, so
+no face detector runs: each model classifies the whole image.
+  fer-lab  float32 (N, 48, 48, 1) pixels in 0..255, in fixed-size batches (one compiled shape).
+  fer      `fer` 25.10.3's bundled mini-Xception (`fer/data/emotion_model_quantized.tflite`, what
+           `FER()` uses by default), fed as `FER.detect_emotions` feeds a face crop: cv2.resize to
+           the model's 64x64, then (x / 255 - 0.5) * 2, through `FER._classify_emotions` (one
+           TFLite invoke per face). Its outputs are mapped to our classes by `FER._get_labels()`.
+Reported per model: accuracy, macro-F1 and recall per class, and images/s: the wall-clock rate of
+preprocessing plus classification of the decoded pixels, after a warm-up batch that is not timed
+(file decoding is shared and excluded). The machine may be busy, so the CPU time of that same step is
+also reported (images per CPU second).
+
+`fer`'s own requirements pull PyTorch (facenet-pytorch, for its optional MTCNN detector), moviepy
+and more, so it lives in a separate virtual environment and runs in a worker subprocess there
+(default `/work/peers-venv/bin/python`, or $FER_PEER_PYTHON, or `--peer-python`). Create it with:
+
+    python3.11 -m venv /work/peers-venv
+    /work/peers-venv/bin/pip install "setuptools<81"
+    /work/peers-venv/bin/pip install --no-deps fer==25.10.3
+    /work/peers-venv/bin/pip install "tensorflow>=2.21,<2.22" "opencv-python-headless<5" pillow requests
+
+`setuptools<81` keeps `pkg_resources`, which `fer.fer` uses to find its model file; `fer.fer` itself
+imports only cv2, numpy, requests, tensorflow (for `tf.lite.Interpreter`) and PIL; OpenCV 5 has no
+`cv2.CascadeClassifier`, which `FER()` builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013"
+DEFAULT_PEER_PYTHON = "/work/peers-venv/bin/python"
+CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+IMAGE_SIZE = 48
+BATCH_SIZE = 64
+WARM_UP = 64
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+# Runs under the peer Python: argv = pixels.npy (N, 48, 48) uint8, result.npz, warm-up count.
+PEER_WORKER = r'''
+import logging, sys, time, warnings
+
+warnings.filterwarnings("ignore")  # tf.lite.Interpreter's deprecation notice
+import cv2
+import numpy as np
+import fer
+from fer.fer import FER
+
+logging.getLogger("fer").setLevel(logging.WARNING)
+pixels_path, result_path, warm_up = sys.argv[1], sys.argv[2], int(sys.argv[3])
+detector = FER()  # use_tflite=True by default: the bundled quantized mini-Xception
+height, width = FER._tflite_interpreter_cache.get_input_details()[0]["shape"][1:3]
+
+
+def classify(gray):
+    # detect_emotions' steps for a face crop: resize, scale to [-1, 1], classify.
+    faces = np.array([cv2.resize(face, (int(width), int(height))) for face in gray], dtype="float32")
+    return np.asarray(detector._classify_emotions((faces / 255.0 - 0.5) * 2.0), dtype=np.float32)
+
+
+pixels = np.load(pixels_path)
+classify(pixels[:warm_up])
+started, cpu = time.perf_counter(), time.process_time()
+probabilities = classify(pixels)
+seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+labels = FER._get_labels()
+np.savez(result_path, probabilities=probabilities, labels=np.array([labels[i] for i in range(len(labels))]),
+         seconds=seconds, cpu_seconds=cpu_seconds, version=fer.__version__)
+'''
+
+
+@dataclass
+class Predictions:
+    """One model's class probabilities on the benchmark images and the time they took."""
+
+    name: str
+    probabilities: np.ndarray
+    labels: tuple[str, ...]
+    seconds: float
+    cpu_seconds: float
+
+
+@dataclass
+class Result:
+    """One model's row of the report."""
+
+    model: str
+    images: int
+    accuracy: float
+    macro_f1: float
+    recall: dict[str, float]
+    images_per_s: float
+    images_per_cpu_s: float
+
+
+def private_test_files(data_dir: Path, limit: int = 0) -> tuple[list[Path], np.ndarray]:
+    """PrivateTest image files and their class indices into `CLASSES`, `limit` of them evenly spaced if set.
+
+    Raises:
+        SystemExit: when `data_dir` has no PrivateTest images of the seven classes.
+    """
+    files, targets = [], []
+    for index, name in enumerate(CLASSES):
+        found = sorted((data_dir / "test" / name).glob("PrivateTest_*"))
+        files += found
+        targets += [index] * len(found)
+    if not files:
+        sys.exit(f"bench_peers: no test/<class>/PrivateTest_* images under {data_dir}")
+    if 0 < limit < len(files):
+        # Evenly spaced over the class-sorted list, so a quick run still sees every class.
+        keep = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files, targets = [files[i] for i in keep], [targets[i] for i in keep]
+    return files, np.array(targets)
+
+
+def read_pixels(files: list[Path]) -> np.ndarray:
+    """Decode image files to (N, 48, 48) uint8 grayscale (bilinear resize for any other size)."""
+    pixels = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for index, path in enumerate(files):
+        with Image.open(path) as image:
+            gray = image.convert("L")
+            if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+                gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+            pixels[index] = np.asarray(gray)
+    return pixels
+
+
+def load_fer_lab_model(reference: str) -> tuple[Any, tuple[str, ...]]:
+    """The Keras model and its labels in output order, from a `.keras` file or an MLflow reference.
+
+    Raises:
+        SystemExit: when the model cannot be loaded or an MLflow model has no labels in its metadata.
+    """
+    try:
+        if reference.endswith(".keras"):
+            import keras
+
+            return keras.saving.load_model(reference, compile=False), CLASSES
+        import mlflow
+
+        uri = f"runs:/{reference}/model" if RUN_ID.match(reference) else reference
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}")
+        labels = (mlflow.models.get_model_info(uri).metadata or {}).get("labels")
+        if not labels:
+            sys.exit(f"bench_peers: model {uri} has no labels in its MLflow metadata")
+        return mlflow.keras.load_model(uri), tuple(labels)
+    except Exception as error:  # Keras and MLflow raise many types for a missing file, run or registry entry
+        sys.exit(f"bench_peers: cannot load model {reference!r}: {' '.join(str(error).split())[:300]}")
+
+
+def predict_fer_lab(reference: str, pixels: np.ndarray) -> Predictions:
+    """Class probabilities of a fer-lab model, timed after one untimed warm-up batch."""
+    model, labels = load_fer_lab_model(reference)
+    size = int(model.input_shape[1])
+    if size != IMAGE_SIZE:
+        sys.exit(f"bench_peers: model {reference} takes {size}x{size} images, the data is {IMAGE_SIZE}x{IMAGE_SIZE}")
+
+    def run(gray: np.ndarray) -> np.ndarray:
+        # Every call gets exactly BATCH_SIZE images (the last batch padded), so the predict
+        # function is traced once, during the warm-up, and never inside the timed run.
+        padded = np.zeros((-(-len(gray) // BATCH_SIZE) * BATCH_SIZE, size, size, 1), dtype=np.float32)
+        padded[: len(gray), ..., 0] = gray
+        parts = [np.asarray(model.predict_on_batch(padded[start:start + BATCH_SIZE]))
+                 for start in range(0, len(padded), BATCH_SIZE)]
+        return np.concatenate(parts)[: len(gray)]
+
+    run(pixels[:WARM_UP])
+    started, cpu = time.perf_counter(), time.process_time()
+    probabilities = run(pixels)
+    return Predictions(f"fer-lab {reference}", probabilities, labels,
+                       time.perf_counter() - started, time.process_time() - cpu)
+
+
+def predict_peer(peer_python: str, pixels: np.ndarray) -> Predictions:
+    """Class probabilities of `fer`'s classifier, computed by the worker under `peer_python`.
+
+    Raises:
+        SystemExit: when the peer environment is missing or the worker fails.
+    """
+    if not Path(peer_python).exists():
+        sys.exit(f"bench_peers: no peer Python at {peer_python}; create it with the commands in "
+                 f"{Path(__file__).name}'s docstring (python3.11 -m venv /work/peers-venv, then pip install "
+                 f"--no-deps fer==25.10.3 and its classifier's dependencies) or pass --peer-python")
+    with tempfile.TemporaryDirectory(prefix="bench_peers_") as scratch:
+        pixels_path, result_path = Path(scratch) / "pixels.npy", Path(scratch) / "result.npz"
+        np.save(pixels_path, pixels)
+        done = subprocess.run([peer_python, "-c", PEER_WORKER, str(pixels_path), str(result_path), str(WARM_UP)],
+                              capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if done.returncode != 0:
+            sys.exit(f"bench_peers: the fer worker under {peer_python} failed:\n{done.stderr[-3000:]}")
+        with np.load(result_path) as result:
+            return Predictions(f"fer {result['version']} mini-Xception (TFLite)", result["probabilities"],
+                               tuple(str(label) for label in result["labels"]),
+                               float(result["seconds"]), float(result["cpu_seconds"]))
+
+
+def score(predictions: Predictions, targets: np.ndarray) -> Result:
+    """Accuracy, macro-F1 (over the classes present in `targets`) and recall per class.
+
+    Raises:
+        SystemExit: when the model's labels are not the seven classes.
+    """
+    if sorted(predictions.labels) != sorted(CLASSES):
+        sys.exit(f"bench_peers: {predictions.name} has labels {predictions.labels}, expected {CLASSES}")
+    # Output column j is class labels[j]; map the argmax to its index in CLASSES.
+    to_ours = np.array([CLASSES.index(label) for label in predictions.labels])
+    predicted = to_ours[predictions.probabilities.argmax(axis=1)]
+    recall, f1 = {}, []
+    for index, name in enumerate(CLASSES):
+        actual, chosen = targets == index, predicted == index
+        if not actual.any():
+            continue
+        hits = int((actual & chosen).sum())
+        recall[name] = hits / int(actual.sum())
+        precision = hits / int(chosen.sum()) if chosen.any() else 0.0
+        f1.append(2 * precision * recall[name] / (precision + recall[name]) if hits else 0.0)
+    count = len(targets)
+    return Result(predictions.name, count, float((predicted == targets).mean()), float(np.mean(f1)), recall,
+                  count / predictions.seconds, count / predictions.cpu_seconds)
+
+
+def markdown(results: list[Result]) -> str:
+    """The summary table (one row per model) and the recall table (one row per class)."""
+    lines = ["| model | images | accuracy | macro-F1 | images/s | images/CPU-s |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.model} | {r.images} | {r.accuracy:.2%} | {r.macro_f1:.3f} | {r.images_per_s:,.0f} "
+              f"| {r.images_per_cpu_s:,.0f} |" for r in results]
+    lines += ["", "| recall | " + " | ".join(r.model for r in results) + " |", "|---|" + "---:|" * len(results)]
+    lines += [f"| {name} | " + " | ".join(f"{r.recall[name]:.2f}" for r in results) + " |"
+              for name in CLASSES if name in results[0].recall]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True,
+                        help="run id, runs:/ID/model, models:/NAME@ALIAS, models:/NAME/VERSION or a .keras file")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help=f"FER2013 in the Kaggle folder layout (default {DEFAULT_DATA})")
+    parser.add_argument("--limit", type=int, default=0, help="use N evenly spaced PrivateTest images (default: all)")
+    parser.add_argument("--peer-python", default=os.environ.get("FER_PEER_PYTHON", DEFAULT_PEER_PYTHON),
+                        help="Python of the environment with `fer` (default $FER_PEER_PYTHON or %(default)s)")
+    parser.add_argument("--out", type=Path, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+
+    files, targets = private_test_files(args.data, args.limit)
+    pixels = read_pixels(files)
+    # The peer first: a missing peer environment fails before the slow Keras and MLflow imports.
+    peer = predict_peer(args.peer_python, pixels)
+    ours = predict_fer_lab(args.model, pixels)
+    results = [score(ours, targets), score(peer, targets)]
+    print(f"FER2013 PrivateTest, {len(files)} images from {args.data}\n")
+    print(markdown(results))
+    if args.out:
+        args.out.write_text(json.dumps({"data": str(args.data), "images": len(files),
+                                        "models": [asdict(r) for r in results]}, indent=2) + "\n")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
