@@ -5,7 +5,7 @@
 For each model (EfficientNetB0 at 48 px, EfficientNetB2 at 96 px by default) the same compiled
 model trains for `--steps` steps on
   tensors   one pre-made float32 batch, repeated: the model alone, no input work at all;
-  pipeline  fer_lab.inputs.training_dataset: cached uint8 pixels, seeded shuffling, albumentations
+  pipeline  fer_lab.training.datasets.training_dataset: cached uint8 pixels, seeded shuffling, albumentations
             in parallel tf.data workers, prefetch (what 03_train uses);
   naive     a Python generator that augments one image at a time with the same albumentations
             pipeline and stacks the batch (the common Keras pattern).

@@ -12,7 +12,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fer_lab import runner
+    from fer_lab.pipeline import runner
 
     if args.experiment:
         return _run_experiment(args)
@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
-    from fer_lab import experiments, runner
+    from fer_lab.pipeline import experiments, runner
 
     if args.only:
         raise FerLabError("--only cannot be combined with --experiment: the experiment file lists the notebooks")
@@ -55,12 +55,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fer_lab import predict, video
+    from fer_lab.apply import inference, video
 
-    reference = args.model or predict.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)
-    loaded = predict.load_model(reference, args.tracking_uri)
-    fer2013 = predict.Framing()
-    framing = predict.Framing(args.crop_scale or fer2013.scale, fer2013.lift if args.crop_lift is None else args.crop_lift)
+    reference = args.model or inference.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)
+    loaded = inference.load_model(reference, args.tracking_uri)
+    fer2013 = inference.Framing()
+    framing = inference.Framing(args.crop_scale or fer2013.scale, fer2013.lift if args.crop_lift is None else args.crop_lift)
     result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
                                 threshold=args.threshold, framing=framing, sample_fps=args.fps,
                                 detect_every=args.detect_every, progress=True)
@@ -84,10 +84,11 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from fer_lab import project, sample
+    from fer_lab import project
+    from fer_lab.data import synthetic
 
-    out = sample.make_sample(args.out or project.SAMPLE_DIR, per_class=args.per_class, seed=args.seed,
-                             fmt=args.format)
+    out = synthetic.make_sample(args.out or project.SAMPLE_DIR, per_class=args.per_class, seed=args.seed,
+                                fmt=args.format)
     print(f"sample written to {out}")
     return 0
 
@@ -95,14 +96,15 @@ def _sample(args: argparse.Namespace) -> int:
 def _filter(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fer_lab import data, faces, filtering, project
+    from fer_lab import data, project
+    from fer_lab.faces import detection, filtering
 
     data_path = project.resolve(args.path)
     name = data_path.name.removesuffix(".gz").removesuffix(".csv")
     work_dir = project.resolve(args.work_dir) if args.work_dir else project.WORK_DIR / name
     given = {key: value for key, value in vars(args).items() if value is not None}
     detector_keys = ("model", "size", "padding", "upsample", "threshold")
-    settings = faces.DetectorSettings(**{key: given[key] for key in detector_keys if key in given})
+    settings = detection.DetectorSettings(**{key: given[key] for key in detector_keys if key in given})
     rules = filtering.FilterRules(drop_duplicates=not args.keep_duplicates, **{
         key: given[key] for key in ("blank_contrast", "noise_limit", "flat_weight") if key in given})
     manifest = data.load_or_build_manifest(data_path, work_dir)

@@ -19,17 +19,17 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Read-only for tests: copy it (`shutil.copytree`) before changing anything in it.
     """
-    from fer_lab import sample
+    from fer_lab.data import synthetic
 
-    return sample.make_sample(tmp_path_factory.mktemp("sample") / "sample")
+    return synthetic.make_sample(tmp_path_factory.mktemp("sample") / "sample")
 
 
 @pytest.fixture(scope="session")
 def sample_csv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default sample in fer2013.csv form (+ fer2013new.csv votes), generated once per session."""
-    from fer_lab import sample
+    from fer_lab.data import synthetic
 
-    return sample.make_sample(tmp_path_factory.mktemp("sample_csv") / "sample", fmt="csv")
+    return synthetic.make_sample(tmp_path_factory.mktemp("sample_csv") / "sample", fmt="csv")
 
 
 @pytest.fixture

@@ -9,8 +9,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from fer_lab import compare, experiments, project, runner, schedule, tracking
+from fer_lab import project, tracking
+from fer_lab.analysis import compare
 from fer_lab.errors import FerLabError
+from fer_lab.pipeline import experiments, runner
+from fer_lab.training import schedule
 
 
 def _exact_two_sided(b: int, c: int) -> float:

@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fer_lab import cli, data, preprocess
+from fer_lab import cli, data
+from fer_lab.data import imaging
+from fer_lab.data import manifest as manifest_module
+from fer_lab.data.labels import FER2013_EMOTIONS
 from fer_lab.errors import DataError
 
 
@@ -61,14 +64,14 @@ def test_sha1_matches_pixels_and_finds_the_planted_duplicates(sample_dir):
         assert manifest.at[copy, "sha1"] == manifest.at[source, "sha1"]
     first = truth["path"].iloc[0]
     with Image.open(sample_dir / first) as image:
-        assert manifest.at[first, "sha1"] == preprocess.pixel_sha1(np.asarray(image))
+        assert manifest.at[first, "sha1"] == imaging.pixel_sha1(np.asarray(image))
 
 
 def test_fer2013_csv_with_ferplus_votes(sample_dir, sample_csv_dir):
     manifest = data.build_manifest(sample_csv_dir)
     assert manifest["path"].tolist() == [f"row:{i}" for i in range(len(manifest))]
     raw = pd.read_csv(sample_csv_dir / "fer2013.csv")
-    assert manifest["label"].tolist() == [data.FER2013_EMOTIONS[i] for i in raw["emotion"]]
+    assert manifest["label"].tolist() == [FER2013_EMOTIONS[i] for i in raw["emotion"]]
     assert manifest["usage"].tolist() == raw["Usage"].tolist()
     assert manifest[list(data.VOTE_COLUMNS)].notna().all().all()
     ferplus = pd.read_csv(sample_csv_dir / "fer2013new.csv")
@@ -316,7 +319,7 @@ def test_load_pixels_matches_files_and_uses_the_cache(sample_dir, tmp_path):
 
 def test_worker_pool_gives_the_same_manifest_and_pixels(sample_dir, monkeypatch):
     serial = data.build_manifest(sample_dir, workers=1)
-    monkeypatch.setattr(data, "MIN_FILES_FOR_POOL", 10)
+    monkeypatch.setattr(manifest_module, "MIN_FILES_FOR_POOL", 10)
     pooled = data.build_manifest(sample_dir, workers=2)
     assert pooled.equals(serial)
     pooled_pixels = data.load_pixels(sample_dir, pooled, workers=2)

@@ -1,4 +1,4 @@
-"""Metric correctness of fer_lab.evaluate on hand-made predictions with answers worked out by hand."""
+"""Metric correctness of fer_lab.analysis.evaluate on hand-made predictions with answers worked out by hand."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_lab import evaluate, plots
+from fer_lab import plots
+from fer_lab.analysis import evaluate
 from fer_lab.errors import FerLabError
+from fer_lab.training import augment
 
 LABELS = ("a", "b", "c")
 # (true label, probabilities of a, b, c); predictions are the argmax.
@@ -157,18 +159,33 @@ class LeftBrightnessModel:
         return np.stack([left, 1.0 - left], axis=1)
 
 
-def test_predict_probabilities_flip_mirrors_left_right() -> None:
+def test_flip_averages_the_image_and_its_mirror() -> None:
     image = np.zeros((1, 4, 4), dtype=np.uint8)
     image[:, :, :2] = 255
     model = LeftBrightnessModel()
     np.testing.assert_allclose(evaluate.predict_probabilities(model, image), [[1.0, 0.0]])
-    np.testing.assert_allclose(evaluate.predict_probabilities(model, image, flip=True), [[0.0, 1.0]])
+    np.testing.assert_allclose(evaluate.predict_probabilities(model, image, tta="flip"), [[0.5, 0.5]])
+
+
+def test_tencrop_averages_corner_and_centre_crops_and_their_mirrors() -> None:
+    image = np.zeros((1, 48, 48), dtype=np.uint8)
+    image[:, :, :12] = 255  # a bright band that only the left-hand crops keep at full width
+    views = augment.test_time_views(image, "tencrop", crop=40)
+    assert len(views) == 10 and all(view.shape == (1, 48, 48) for view in views)
+    np.testing.assert_array_equal(views[5], views[0][:, :, ::-1])  # the mirrors follow the five crops
+    assert views[0].mean() > views[1].mean()  # top-left keeps more of the band than top-right
+    expected = np.mean([LeftBrightnessModel().predict(view.astype(np.float32)[..., None]) for view in views], axis=0)
+    np.testing.assert_allclose(evaluate.predict_probabilities(LeftBrightnessModel(), image, tta="tencrop", crop=40),
+                               expected, rtol=1e-6)
+    with pytest.raises(FerLabError, match="crop side"):
+        augment.test_time_views(image, "tencrop", crop=48)
 
 
 def test_tta_averages_plain_and_flipped(predictions: pd.DataFrame) -> None:
-    flipped = evaluate.probability_matrix(predictions, LABELS).copy()
+    plain = evaluate.probability_matrix(predictions, LABELS)
+    flipped = plain.copy()
     flipped[3] = [0.9, 0.05, 0.05]  # the mirrored view of img3 is confidently 'a': averaged it becomes right
-    tta, gain = evaluate.tta_report(predictions, flipped, LABELS)
+    tta, gain = evaluate.tta_report(predictions, (plain + flipped) / 2, LABELS)
     assert tta.loc[3, "pred"] == "a"
     assert tta.loc[3, "prob_a"] == pytest.approx(0.5)
     assert gain["accuracy_tta"] == pytest.approx(0.7)
@@ -237,7 +254,9 @@ def evaluated_pipeline(sample_dir, tmp_path_factory):
     import keras
     import mlflow
 
-    from fer_lab import data, models, project, runner, tracking, train
+    from fer_lab import data, tracking
+    from fer_lab.pipeline import runner
+    from fer_lab.training import models, train
 
     tmp = tmp_path_factory.mktemp("evaluate")
     uri = tracking.configure(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -275,7 +294,9 @@ def test_notebooks_run_and_mlflow_numbers_match_sklearn_on_logged_predictions(ev
     import mlflow
     from sklearn import metrics as skm
 
-    from fer_lab import compare, data, train
+    from fer_lab import data
+    from fer_lab.analysis import compare
+    from fer_lab.training import train
 
     result, training_run, manifest, _ = evaluated_pipeline
     assert result.ok, [nb.error for nb in result.notebooks if not nb.ok]

@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from fer_lab import explore
+from fer_lab.analysis import explore
+from fer_lab.data.labels import FERPLUS_CLASS
 
 
 def _manifest() -> tuple[pd.DataFrame, np.ndarray]:
@@ -50,7 +51,7 @@ def test_blank_images_and_mean_faces():
 
 def test_vote_agreement_counts_majorities():
     manifest, _ = _manifest()
-    votes = {column: 0 for column in explore.VOTE_CLASS}
+    votes = {column: 0 for column in FERPLUS_CLASS}
     manifest = manifest.assign(**votes)
     manifest.loc[[0, 1, 4], "vote_happiness"] = 8  # happy agrees three times
     manifest.loc[3, "vote_sadness"] = 9             # labelled happy, crowd says sad

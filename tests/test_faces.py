@@ -18,9 +18,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from fer_lab import data, faces
+from fer_lab import data, project
 from fer_lab.errors import FerLabError
-from fer_lab.faces import DetectorSettings
+from fer_lab.faces import detection
+from fer_lab.faces.detection import DetectorSettings
 
 # dlib's own detector on the full-size photos finds these face boxes (left, top, right, bottom).
 ASTRONAUT_FACE = (175, 76, 265, 166)
@@ -51,7 +52,7 @@ def test_finds_astronaut_and_grace_hopper_at_48_pixels():
     hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg"))
     crops = np.stack(_fer_crops(astronaut, ASTRONAUT_FACE) + _fer_crops(hopper, GRACE_HOPPER_FACE))
 
-    table = faces.detect(crops).table
+    table = detection.detect(crops).table
 
     assert table["face_found"].all()
     assert (table["n_faces"] == 1).all()
@@ -63,18 +64,18 @@ def test_finds_astronaut_and_grace_hopper_at_48_pixels():
 
 def test_lfw_faces_are_found_and_non_faces_mostly_not():
     images = _lfw_48()
-    table = faces.detect(images).table
+    table = detection.detect(images).table
     found = table["face_found"].to_numpy()
     assert found[:100].mean() >= 0.95
     assert found[100:].mean() <= 0.25
     # A stricter threshold trades found faces for fewer false alarms, from the same detections.
-    strict = faces.results_table(_cached_rows(images), threshold=0.0)["face_found"].to_numpy()
+    strict = detection.results_table(_cached_rows(images), threshold=0.0)["face_found"].to_numpy()
     assert strict[100:].sum() <= found[100:].sum() and strict[:100].mean() >= 0.7
 
 
 def _cached_rows(images: np.ndarray) -> list[tuple]:
-    detector = faces._Detector(DetectorSettings())
-    return [faces._cache_row(faces.pixel_key(image), image, detector) for image in images]
+    detector = detection._Detector(DetectorSettings())
+    return [detection._cache_row(detection.pixel_key(image), image, detector) for image in images]
 
 
 def test_pixel_statistics_tell_blank_flat_and_noise_apart():
@@ -84,7 +85,7 @@ def test_pixel_statistics_tell_blank_flat_and_noise_apart():
     icon = np.full((48, 48), 230, np.uint8)
     icon[12:36, 12:36] = 40
     noise = rng.integers(0, 256, (48, 48), dtype=np.uint8)
-    stats = {name: faces.pixel_statistics(image) for name, image in
+    stats = {name: detection.pixel_statistics(image) for name, image in
              {"face": face, "blank": blank, "icon": icon, "noise": noise}.items()}
     assert stats["blank"] == (0.0, 1.0, 0.0)
     assert stats["icon"][1] > 0.7 and stats["face"][1] < 0.2
@@ -93,19 +94,19 @@ def test_pixel_statistics_tell_blank_flat_and_noise_apart():
 
 def test_second_run_detects_nothing_and_threshold_changes_need_no_detection(tmp_path):
     images = _lfw_48()[90:130]  # faces and non-faces
-    first = faces.detect(images, cache_dir=tmp_path)
+    first = detection.detect(images, cache_dir=tmp_path)
     assert (first.computed, first.cached) == (40, 0)
 
-    again = faces.detect(images, cache_dir=tmp_path)
+    again = detection.detect(images, cache_dir=tmp_path)
     assert (again.computed, again.cached) == (0, 40)
     pd.testing.assert_frame_equal(again.table, first.table)
 
-    looser = faces.detect(images, DetectorSettings(threshold=-2.4), cache_dir=tmp_path)
+    looser = detection.detect(images, DetectorSettings(threshold=-2.4), cache_dir=tmp_path)
     assert looser.computed == 0
     assert (looser.table["n_faces"] >= first.table["n_faces"]).all()
     assert looser.table["face_found"].sum() > first.table["face_found"].sum()
 
-    other_geometry = faces.detect(images, DetectorSettings(size=80), cache_dir=tmp_path)
+    other_geometry = detection.detect(images, DetectorSettings(size=80), cache_dir=tmp_path)
     assert other_geometry.computed == 40
     assert len(list(tmp_path.glob("*.sqlite"))) == 2
 
@@ -113,7 +114,7 @@ def test_second_run_detects_nothing_and_threshold_changes_need_no_detection(tmp_
 def test_duplicates_are_detected_once(tmp_path):
     images = _lfw_48()[:5]
     doubled = np.concatenate([images, images[::-1]])
-    result = faces.detect(doubled, cache_dir=tmp_path)
+    result = detection.detect(doubled, cache_dir=tmp_path)
     assert result.computed == 5 and len(result.table) == 10
     np.testing.assert_array_equal(result.table["face_score"][:5], result.table["face_score"][5:][::-1])
 
@@ -121,7 +122,7 @@ def test_duplicates_are_detected_once(tmp_path):
 def test_manifest_rerun_reads_no_pixels(sample_dir, tmp_path):
     manifest = data.build_manifest(sample_dir)
     work = tmp_path / "work"
-    first = faces.detect_manifest(manifest, sample_dir, work_dir=work)
+    first = detection.detect_manifest(manifest, sample_dir, work_dir=work)
     assert first.computed == manifest.loc[manifest["readable"], "sha1"].nunique()
     assert len(first.table) == len(manifest)
     assert first.table.index.equals(manifest.index)
@@ -129,7 +130,7 @@ def test_manifest_rerun_reads_no_pixels(sample_dir, tmp_path):
     # Without the images a cached run still answers: it never opens them.
     moved = tmp_path / "moved"
     moved.mkdir()
-    again = faces.detect_manifest(manifest, moved, work_dir=work)
+    again = detection.detect_manifest(manifest, moved, work_dir=work)
     assert again.computed == 0
     pd.testing.assert_frame_equal(again.table, first.table)
 
@@ -137,11 +138,11 @@ def test_manifest_rerun_reads_no_pixels(sample_dir, tmp_path):
 RESUMABLE_RUN = """
 import sys
 import numpy as np
-from fer_lab import faces
+from fer_lab.faces import detection
 
 if __name__ == "__main__":
     images = np.load(sys.argv[1])
-    faces.detect(images, faces.DetectorSettings(size=int(sys.argv[3])), cache_dir=sys.argv[2],
+    detection.detect(images, detection.DetectorSettings(size=int(sys.argv[3])), cache_dir=sys.argv[2],
                  workers=2, chunk_size=30)
 """
 
@@ -153,7 +154,7 @@ def _distinct_images(count: int) -> np.ndarray:
     rng = np.random.default_rng(1)
     for index, image in enumerate(images):
         image[rng.integers(0, 48, 4), rng.integers(0, 48, 4)] = index % 251
-    assert len({faces.pixel_key(image) for image in images}) == count
+    assert len({detection.pixel_key(image) for image in images}) == count
     return images
 
 
@@ -165,7 +166,7 @@ def test_interrupted_run_resumes_without_redoing_finished_images(tmp_path):
     cache_dir, size = tmp_path / "cache", 160  # a large size slows detection so the kill lands mid-run
     settings = DetectorSettings(size=size)
     database = cache_dir / f"{settings.cache_name()}.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(Path(faces.__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(project.ROOT)}
     process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "images.npy"), str(cache_dir), str(size)],
                                env=env, start_new_session=True)
     try:
@@ -177,13 +178,13 @@ def test_interrupted_run_resumes_without_redoing_finished_images(tmp_path):
     finished = _rows(database)
     assert done <= finished < len(images), "the kill should land mid-run"
 
-    resumed = faces.detect(images, settings, cache_dir=cache_dir, workers=1)
+    resumed = detection.detect(images, settings, cache_dir=cache_dir, workers=1)
 
     assert resumed.cached == finished
     assert resumed.computed == len(images) - finished
     assert _rows(database) == len(images)
     sample = np.r_[0:10, len(images) - 10:len(images)]
-    fresh = faces.detect(images[sample], settings).table
+    fresh = detection.detect(images[sample], settings).table
     pd.testing.assert_frame_equal(resumed.table.iloc[sample].reset_index(drop=True), fresh)
 
 
@@ -222,13 +223,13 @@ def test_bad_settings_name_the_problem(options, message):
 
 def test_bad_images_are_refused():
     with pytest.raises(FerLabError, match="uint8"):
-        faces.detect(np.zeros((2, 48, 48), np.float32))
+        detection.detect(np.zeros((2, 48, 48), np.float32))
     with pytest.raises(FerLabError, match="keys"):
-        faces.detect(np.zeros((2, 48, 48), np.uint8), keys=["a"])
+        detection.detect(np.zeros((2, 48, 48), np.uint8), keys=["a"])
 
 
 def test_cnn_model_finds_a_face():
     astronaut = Image.fromarray(skimage.data.astronaut())
     crop = _fer_crops(astronaut, ASTRONAUT_FACE)[0]
-    table = faces.detect(crop[None], DetectorSettings(model="cnn", size=160, threshold=0.0)).table
+    table = detection.detect(crop[None], DetectorSettings(model="cnn", size=160, threshold=0.0)).table
     assert table["face_found"].iloc[0] and table["face_score"].iloc[0] > 0

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_lab import cli, data, faces, filtering
-from fer_lab.faces import DetectorSettings
-from fer_lab.filtering import FilterRules
+from fer_lab import cli, data
+from fer_lab.faces import detection, filtering
+from fer_lab.faces.detection import DetectorSettings
+from fer_lab.faces.filtering import FilterRules
 
 
 def _manifest(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
@@ -190,7 +191,7 @@ def test_cli_filter_writes_manifest_and_shares_cache(sample_dir, tmp_path, capsy
 
     # The notebook's functions read the same cache.
     manifest = data.load_or_build_manifest(sample_dir, work)
-    assert faces.detect_manifest(manifest, sample_dir, DetectorSettings(), work).computed == 0
+    assert detection.detect_manifest(manifest, sample_dir, DetectorSettings(), work).computed == 0
 
 
 def test_cli_filter_bad_input(tmp_path, capsys):
@@ -204,7 +205,7 @@ def test_cli_filter_bad_input(tmp_path, capsys):
 def test_notebook_filters_the_sample_and_logs_to_mlflow(sample_dir, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from fer_lab import runner
+    from fer_lab.pipeline import runner
 
     work, store = tmp_path / "work", f"sqlite:///{tmp_path / 'mlruns.db'}"
     result = runner.run_pipeline(data_dir=sample_dir, only=["02"], out_dir=tmp_path / "report",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fer_lab import models
 from fer_lab.errors import FerLabError
+from fer_lab.training import models
 
 UNREACHABLE = "http://127.0.0.1:9/weights"  # the discard port: nothing answers
 

@@ -9,7 +9,8 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fer_lab import project, runner
+from fer_lab import project
+from fer_lab.pipeline import runner
 
 pytestmark = pytest.mark.slow
 

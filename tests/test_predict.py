@@ -18,8 +18,11 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from fer_lab import cli, data, predict, preprocess, tracking, train
+from fer_lab import cli, data, tracking
+from fer_lab.apply import inference
+from fer_lab.data import imaging
 from fer_lab.errors import FerLabError
+from fer_lab.training import train
 
 EXPERIMENT = "predict-tests"
 
@@ -49,9 +52,9 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str
 
 
 @pytest.fixture(scope="session")
-def predictor(model_store: tuple[str, str, str]) -> predict.Predictor:
+def predictor(model_store: tuple[str, str, str]) -> inference.Predictor:
     uri, _, run_id = model_store
-    return predict.Predictor(predict.load_model(run_id, uri))
+    return inference.Predictor(inference.load_model(run_id, uri))
 
 
 def grace_hopper() -> Path:
@@ -59,23 +62,23 @@ def grace_hopper() -> Path:
 
 
 def assert_probabilities(table: pd.DataFrame, labels: tuple[str, ...]) -> None:
-    probabilities = table[predict.probability_columns(labels)].to_numpy()
+    probabilities = table[inference.probability_columns(labels)].to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert (probabilities >= 0).all()
     assert list(table["label"]) == [labels[i] for i in probabilities.argmax(axis=1)]
     np.testing.assert_allclose(table["confidence"], probabilities.max(axis=1))
 
 
-def test_astronaut_photo_has_one_face(predictor: predict.Predictor) -> None:
+def test_astronaut_photo_has_one_face(predictor: inference.Predictor) -> None:
     faces = predictor.predict_image(skimage.data.astronaut())
     assert len(faces) == 1
     assert_probabilities(faces, predictor.labels)
-    x0, y0, x1, y1 = faces.loc[0, list(predict.BOX_COLUMNS)]
+    x0, y0, x1, y1 = faces.loc[0, list(inference.BOX_COLUMNS)]
     # Eileen Collins' face is in the upper middle of the 512x512 portrait.
     assert 150 < x0 < x1 < 300 and 50 < y0 < y1 < 200
 
 
-def test_grace_hopper_file_color_and_gray_have_one_face(predictor: predict.Predictor, tmp_path: Path) -> None:
+def test_grace_hopper_file_color_and_gray_have_one_face(predictor: inference.Predictor, tmp_path: Path) -> None:
     gray_file = tmp_path / "hopper_gray.png"
     Image.open(grace_hopper()).convert("L").save(gray_file)
     result = predictor.predict_files([grace_hopper(), gray_file])
@@ -83,25 +86,25 @@ def test_grace_hopper_file_color_and_gray_have_one_face(predictor: predict.Predi
     assert_probabilities(result.table, predictor.labels)
     assert (result.table["error"] == "").all() and result.messages() == []
     assert list(result.table["height"]) == [600, 600] and list(result.table["width"]) == [512, 512]
-    boxes = result.table[list(predict.BOX_COLUMNS)].to_numpy()
+    boxes = result.table[list(inference.BOX_COLUMNS)].to_numpy()
     np.testing.assert_allclose(boxes[0], boxes[1], atol=2)  # colour and gray find the same face
 
 
-def test_large_photo_is_downscaled_for_detection(predictor: predict.Predictor) -> None:
+def test_large_photo_is_downscaled_for_detection(predictor: inference.Predictor) -> None:
     photo = np.asarray(Image.open(grace_hopper()))
     small = predictor.predict_image(photo)
     large = predictor.predict_image(np.asarray(Image.fromarray(photo).resize((2048, 2400))))
     assert len(large) == 1 and predictor.detector.config.max_side < 2400
-    np.testing.assert_allclose(large.loc[0, list(predict.BOX_COLUMNS)].to_numpy(dtype=float),
-                               4 * small.loc[0, list(predict.BOX_COLUMNS)].to_numpy(dtype=float), rtol=0.1)
+    np.testing.assert_allclose(large.loc[0, list(inference.BOX_COLUMNS)].to_numpy(dtype=float),
+                               4 * small.loc[0, list(inference.BOX_COLUMNS)].to_numpy(dtype=float), rtol=0.1)
 
 
-def test_preprocessing_parity_with_training(predictor: predict.Predictor, tmp_path: Path) -> None:
+def test_preprocessing_parity_with_training(predictor: inference.Predictor, tmp_path: Path) -> None:
     # The colour face square the predictor cuts from the astronaut photo, stored as a training image.
     photo = skimage.data.astronaut()
-    gray = predict.read_image(_save(photo, tmp_path / "astronaut.png"))
+    gray = inference.read_image(_save(photo, tmp_path / "astronaut.png"))
     boxes, _ = predictor.detector(gray)
-    left, top, side = predict.face_square(boxes[0])
+    left, top, side = inference.face_square(boxes[0])
     dataset = tmp_path / "dataset"
     _save(photo[top:top + side, left:left + side], dataset / "train" / "happy" / "Training_1.png")
     manifest = data.build_manifest(dataset)
@@ -118,26 +121,26 @@ def _save(image: np.ndarray, path: Path) -> Path:
     return path
 
 
-def test_framing_is_measured_back_from_training_like_crops(predictor: predict.Predictor) -> None:
+def test_framing_is_measured_back_from_training_like_crops(predictor: inference.Predictor) -> None:
     # Training images cut around the astronaut's face with a known framing (and slight jitter),
     # then measured: the framing comes back, and crops with it match those images.
     photo = skimage.data.astronaut()
-    gray = preprocess.to_gray(photo)
+    gray = imaging.to_gray(photo)
     box = predictor.detector(gray)[0][0]
-    known = predict.Framing(1.5, 0.15)
+    known = inference.Framing(1.5, 0.15)
     rng = np.random.default_rng(0)
     images = []
     for _ in range(40):
-        jitter = predict.Framing(known.scale * rng.uniform(0.97, 1.03), known.lift + rng.uniform(-0.02, 0.02))
-        images.append(predict.face_inputs(gray, box[None], framing=jitter)[0])
-    measured = predict.measure_framing(np.stack(images))
+        jitter = inference.Framing(known.scale * rng.uniform(0.97, 1.03), known.lift + rng.uniform(-0.02, 0.02))
+        images.append(inference.face_inputs(gray, box[None], framing=jitter)[0])
+    measured = inference.measure_framing(np.stack(images))
     assert measured.measured_on >= 20
     assert measured.scale == pytest.approx(known.scale, rel=0.08)
     assert measured.lift == pytest.approx(known.lift, abs=0.05)
-    assert predict.measure_framing(np.full((30, 48, 48), 128, np.uint8)) == predict.Framing()
+    assert inference.measure_framing(np.full((30, 48, 48), 128, np.uint8)) == inference.Framing()
 
 
-def test_batches_are_padded_without_changing_results(predictor: predict.Predictor) -> None:
+def test_batches_are_padded_without_changing_results(predictor: inference.Predictor) -> None:
     inputs = np.random.default_rng(0).integers(0, 256, (predictor.batch_size + 5, 48, 48), dtype=np.uint8)
     together = predictor.probabilities(inputs)
     assert together.shape == (len(inputs), len(predictor.labels))
@@ -147,32 +150,32 @@ def test_batches_are_padded_without_changing_results(predictor: predict.Predicto
 
 def test_crop_reaching_past_the_border_is_padded() -> None:
     gray = np.arange(100 * 80, dtype=np.uint32).reshape(100, 80).astype(np.uint8)
-    crop = predict.crop_face(gray, (-10, -10, 30, 30))
-    side = round(40 * predict.FER2013_SCALE)
+    crop = inference.crop_face(gray, (-10, -10, 30, 30))
+    side = round(40 * inference.FER2013_SCALE)
     assert crop.shape == (side, side)
     assert crop[0, 0] == gray[0, 0]  # replicated corner
-    assert predict.face_inputs(gray, np.array([[-10, -10, 30, 30]])).shape == (1, 48, 48)
+    assert inference.face_inputs(gray, np.array([[-10, -10, 30, 30]])).shape == (1, 48, 48)
 
 
 def test_model_references(model_store: tuple[str, str, str]) -> None:
     uri, parent_run_id, run_id = model_store
-    assert predict.default_model_reference(EXPERIMENT, parent_run_id, uri) == run_id
-    assert predict.default_model_reference(EXPERIMENT, tracking_uri=uri) == run_id
-    loaded = predict.load_model(f"runs:/{run_id}/model", uri)
+    assert inference.default_model_reference(EXPERIMENT, parent_run_id, uri) == run_id
+    assert inference.default_model_reference(EXPERIMENT, tracking_uri=uri) == run_id
+    loaded = inference.load_model(f"runs:/{run_id}/model", uri)
     assert loaded.labels == data.CLASSES and loaded.input_size == 48
     mlflow.register_model(f"runs:/{run_id}/model", "tiny-fer")
-    registered = predict.load_model("models:/tiny-fer/1", uri)
+    registered = inference.load_model("models:/tiny-fer/1", uri)
     assert registered.labels == data.CLASSES
     np.testing.assert_array_equal(registered.model.get_weights()[-1], loaded.model.get_weights()[-1])
     with pytest.raises(FerLabError, match="run 0123456789abcdef0123456789abcdef has no loadable model"):
-        predict.load_model("runs:/0123456789abcdef0123456789abcdef/model", uri)
+        inference.load_model("runs:/0123456789abcdef0123456789abcdef/model", uri)
     with pytest.raises(FerLabError, match="cannot load model 'models:/no-such-model/1'"):
-        predict.load_model("models:/no-such-model/1", uri)
+        inference.load_model("models:/no-such-model/1", uri)
     with pytest.raises(FerLabError, match="no model given and none found: experiment 'no-such-experiment'"):
-        predict.default_model_reference("no-such-experiment", tracking_uri=uri)
+        inference.default_model_reference("no-such-experiment", tracking_uri=uri)
 
 
-def test_bad_inputs_are_reported_and_the_rest_kept(predictor: predict.Predictor, tmp_path: Path) -> None:
+def test_bad_inputs_are_reported_and_the_rest_kept(predictor: inference.Predictor, tmp_path: Path) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_text("not a jpeg")
     blank = _save(np.full((200, 300), 128, np.uint8), tmp_path / "blank.png")
@@ -188,13 +191,13 @@ def test_bad_inputs_are_reported_and_the_rest_kept(predictor: predict.Predictor,
 def test_huge_and_missing_images_raise_one_line_errors(tmp_path: Path) -> None:
     large = _save(np.zeros((2000, 3000), np.uint8), tmp_path / "large.png")
     with pytest.raises(FerLabError, match=r"large.png: image is 3000x2000 \(6 Mpx\), more than the 1 Mpx limit"):
-        predict.read_image(large, max_pixels=1_000_000)
+        inference.read_image(large, max_pixels=1_000_000)
     with pytest.raises(FerLabError, match="no such file"):
-        predict.read_image(tmp_path / "missing.png")
+        inference.read_image(tmp_path / "missing.png")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FerLabError, match="holds no image files"):
-        predict.image_files(empty)
+        inference.image_files(empty)
 
 
 def test_cli_predict_writes_table(model_store: tuple[str, str, str], tmp_path: Path,

@@ -4,8 +4,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fer_lab import runner
 from fer_lab.errors import FerLabError
+from fer_lab.pipeline import runner
 
 START = ('import mlflow\nfrom fer_lab import tracking\n'
          'tracking.start_notebook_run("{name}", {{"seed": seed}}, tracking_uri=tracking_uri,'

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fer_lab import cli, data, sample
+from fer_lab import cli, data
+from fer_lab.data import synthetic
 from fer_lab.errors import FerLabError
 
 
@@ -23,15 +24,15 @@ def truth_of(root) -> pd.DataFrame:
 
 
 def test_same_seed_gives_byte_identical_files_and_another_seed_differs(tmp_path):
-    first = files_of(sample.make_sample(tmp_path / "a", per_class=4, seed=3))
-    second = files_of(sample.make_sample(tmp_path / "b", per_class=4, seed=3))
-    other = files_of(sample.make_sample(tmp_path / "c", per_class=4, seed=4))
+    first = files_of(synthetic.make_sample(tmp_path / "a", per_class=4, seed=3))
+    second = files_of(synthetic.make_sample(tmp_path / "b", per_class=4, seed=3))
+    other = files_of(synthetic.make_sample(tmp_path / "c", per_class=4, seed=4))
     assert first == second
     assert len(first) > 40
     shared_images = set(first) & set(other)
     assert not any(first[name] == other[name] for name in shared_images if name.endswith(".png"))
-    csv_a = files_of(sample.make_sample(tmp_path / "d", per_class=4, seed=3, fmt="csv"))
-    csv_b = files_of(sample.make_sample(tmp_path / "e", per_class=4, seed=3, fmt="csv"))
+    csv_a = files_of(synthetic.make_sample(tmp_path / "d", per_class=4, seed=3, fmt="csv"))
+    csv_b = files_of(synthetic.make_sample(tmp_path / "e", per_class=4, seed=3, fmt="csv"))
     assert csv_a == csv_b and {"fer2013.csv", "fer2013new.csv", "sample_truth.csv"} <= set(csv_a)
 
 
@@ -46,13 +47,13 @@ def test_default_sample_layout_and_noise(sample_dir):
         assert name.split("_")[0] == ("Training" if folder == "train" else name.split("_")[0])
         assert name.split("_")[0] in ("Training", "PublicTest", "PrivateTest")
     kinds = truth["kind"].value_counts()
-    assert kinds["face"] == 7 * (sample.DEFAULT_PER_CLASS + sample.DEFAULT_PER_CLASS // 4)
+    assert kinds["face"] == 7 * (synthetic.DEFAULT_PER_CLASS + synthetic.DEFAULT_PER_CLASS // 4)
     for kind in ("nonface_text", "nonface_icon", "blank", "texture", "duplicate", "cross_split_duplicate"):
         assert kinds[kind] >= 2
     assert kinds["mislabelled"] == 2
     with Image.open(sample_dir / pngs[0]) as image:
         assert image.mode == "L" and image.size == (48, 48)
-    assert json.loads((sample_dir / "sample.json").read_text())["per_class"] == sample.DEFAULT_PER_CLASS
+    assert json.loads((sample_dir / "sample.json").read_text())["per_class"] == synthetic.DEFAULT_PER_CLASS
 
 
 def test_planted_duplicates_and_mislabels_are_what_truth_says(sample_dir):
@@ -80,14 +81,14 @@ def test_simulated_votes_follow_the_truth(sample_dir):
     majority = counts.idxmax(axis=1)
     faces = truth["true_label"] != ""
     assert (majority[~faces] == "NF").all()
-    agrees = majority[faces] == truth.loc[faces, "true_label"].map(sample.FERPLUS_NAME)
+    agrees = majority[faces] == truth.loc[faces, "true_label"].map(synthetic.FERPLUS_NAME)
     assert agrees.mean() > 0.85
     mislabelled = truth.index[truth["kind"] == "mislabelled"]
     assert (votes.loc[mislabelled, "fer2013_label"] == truth.loc[mislabelled, "label"]).all()
 
 
 def test_per_class_option_scales_the_dataset(tmp_path):
-    small = data.build_manifest(sample.make_sample(tmp_path / "small", per_class=8))
+    small = data.build_manifest(synthetic.make_sample(tmp_path / "small", per_class=8))
     table = data.count_table(small)
     assert (table.loc["train", list(data.CLASSES)] >= 8).all()
     assert (table.loc[["val", "test"], "total"] > 0).all()
@@ -95,7 +96,7 @@ def test_per_class_option_scales_the_dataset(tmp_path):
 
 
 def test_csv_format_rows_and_truth(tmp_path):
-    root = sample.make_sample(tmp_path / "csv", per_class=6, fmt="csv")
+    root = synthetic.make_sample(tmp_path / "csv", per_class=6, fmt="csv")
     raw = pd.read_csv(root / "fer2013.csv")
     assert list(raw.columns) == ["emotion", "pixels", "Usage"]
     assert raw["Usage"].tolist() == sorted(raw["Usage"], key=["Training", "PublicTest", "PrivateTest"].index)
@@ -112,16 +113,16 @@ def test_csv_format_rows_and_truth(tmp_path):
 
 
 def test_ensure_sample_creates_once_and_replaces_an_outdated_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(sample, "DEFAULT_PER_CLASS", 4)
+    monkeypatch.setattr(synthetic, "DEFAULT_PER_CLASS", 4)
     target = tmp_path / "data" / "sample"
-    assert sample.ensure_sample(target) == target
+    assert synthetic.ensure_sample(target) == target
     marker = (target / "sample.json").stat().st_mtime_ns
-    sample.ensure_sample(target)
+    synthetic.ensure_sample(target)
     assert (target / "sample.json").stat().st_mtime_ns == marker
     settings = json.loads((target / "sample.json").read_text())
     (target / "sample.json").write_text(json.dumps({**settings, "version": 0}))
     (target / "train" / "stale.png").write_bytes(b"")
-    sample.ensure_sample(target)
+    synthetic.ensure_sample(target)
     assert json.loads((target / "sample.json").read_text()) == settings
     assert not (target / "train" / "stale.png").exists()
 
@@ -130,7 +131,7 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_sample(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
     with pytest.raises(FerLabError, match="not empty and not an earlier sample"):
-        sample.make_sample(tmp_path / "photos", per_class=4)
+        synthetic.make_sample(tmp_path / "photos", per_class=4)
     assert (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
 
 
@@ -169,6 +170,6 @@ def test_hog_detector_finds_faces_but_not_noise(sample_dir):
 
     truth = truth_of(sample_dir)
     faces = truth.loc[truth["kind"] == "face", "path"].iloc[::6]
-    noise = truth.loc[truth["kind"].isin(sample.NONFACE_KINDS), "path"]
+    noise = truth.loc[truth["kind"].isin(synthetic.NONFACE_KINDS), "path"]
     assert np.mean([detected(path) for path in faces]) >= 0.9
     assert not any(detected(path) for path in noise)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fer_lab import models, schedule
 from fer_lab.errors import FerLabError
+from fer_lab.training import models, schedule
 
 SEED_EXAMPLE = [
     {"name": "head", "epochs": 6, "trainable": "head"},

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from fer_lab import augment, inputs, project, tracking, train
+from fer_lab import project, tracking
 from fer_lab.errors import FerLabError
+from fer_lab.training import augment, datasets, train
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -51,36 +52,36 @@ def test_vote_targets_blend_one_hot_labels_with_fer_plus_votes():
     rows = pd.DataFrame({"label": ["happy", "sad", "fear"],
                          "vote_happiness": [8, 0, np.nan], "vote_sadness": [0, 6, np.nan], "vote_neutral": [2, 4, np.nan],
                          "vote_anger": 0, "vote_disgust": 0, "vote_fear": 0, "vote_surprise": 0})
-    targets = inputs.vote_targets(rows, LABELS, mix=0.5)
+    targets = datasets.vote_targets(rows, LABELS, mix=0.5)
     np.testing.assert_allclose(targets.sum(axis=1), 1.0)
     assert targets[0, LABELS.index("happy")] == pytest.approx(0.5 + 0.5 * 0.8)
     assert targets[1, LABELS.index("neutral")] == pytest.approx(0.5 * 0.4)
     np.testing.assert_array_equal(targets[2], np.eye(7)[LABELS.index("fear")])  # no votes: one-hot
-    np.testing.assert_array_equal(inputs.vote_targets(rows, LABELS, mix=0), inputs.one_hot(rows["label"], LABELS))
+    np.testing.assert_array_equal(datasets.vote_targets(rows, LABELS, mix=0), datasets.one_hot(rows["label"], LABELS))
     with pytest.raises(FerLabError, match="vote_"):
-        inputs.vote_targets(rows[["label"]], LABELS, mix=0.3)
+        datasets.vote_targets(rows[["label"]], LABELS, mix=0.3)
 
 
 def test_class_weights_favour_rare_classes_and_average_one():
     index = np.array([0] * 90 + [1] * 10)
-    balanced = inputs.class_weights(index, 3, "balanced")
+    balanced = datasets.class_weights(index, 3, "balanced")
     assert balanced[1] > balanced[0] and balanced[2] == 0
     assert balanced[index].mean() == pytest.approx(1.0)
-    sqrt = inputs.class_weights(index, 3, "sqrt")
+    sqrt = datasets.class_weights(index, 3, "sqrt")
     assert 1 < sqrt[1] / sqrt[0] < balanced[1] / balanced[0]
-    np.testing.assert_array_equal(inputs.class_weights(index, 3, "none"), np.ones(3))
+    np.testing.assert_array_equal(datasets.class_weights(index, 3, "none"), np.ones(3))
     with pytest.raises(FerLabError):
-        inputs.class_weights(index, 3, "inverse")
+        datasets.class_weights(index, 3, "inverse")
 
 
 def test_training_batches_are_augmented_shuffled_and_reproducible():
     rows, pixels = toy_rows(100, 20)
-    split = inputs.make_split(rows.iloc[:100], pixels[:100], LABELS, weights=np.ones(7, dtype=np.float32))
+    split = datasets.make_split(rows.iloc[:100], pixels[:100], LABELS, weights=np.ones(7, dtype=np.float32))
     config = augment.AugmentConfig(dropout=0.5)
 
     def epoch(seed, number):
         return [tuple(t.numpy() for t in batch)
-                for batch in inputs.training_dataset(split, batch_size=32, augmentation=config, seed=seed, epoch=number)]
+                for batch in datasets.training_dataset(split, batch_size=32, augmentation=config, seed=seed, epoch=number)]
 
     first = epoch(0, 1)
     assert len(first) == 3 and first[0][0].shape == (32, 48, 48, 1) and first[0][0].dtype == np.float32
@@ -159,7 +160,8 @@ def test_a_checkpoint_made_with_other_settings_is_not_resumed(tmp_path):
 RESUMABLE_SCRIPT = textwrap.dedent("""
     import sys
     import mlflow
-    from fer_lab import tracking, train
+    from fer_lab import tracking
+    from fer_lab.training import train
     from tests.test_train import LABELS, tiny_config, toy_rows
 
     tracking_uri, checkpoint_dir = sys.argv[1], sys.argv[2]

@@ -16,21 +16,23 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from fer_lab import data, predict, sample, video
+from fer_lab import data
+from fer_lab.apply import inference, video
+from fer_lab.data import synthetic
 from fer_lab.errors import FerLabError
 
 WIDTH, HEIGHT = 640, 360
 
 
 @pytest.fixture(scope="module")
-def predictor() -> predict.Predictor:
+def predictor() -> inference.Predictor:
     """A random-weight model that honours the model contract (the real loader is tested in test_predict)."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((48, 48, 1))
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(len(data.CLASSES), activation="softmax")(x))
-    config = predict.DetectorConfig(max_side=video.VIDEO_MAX_SIDE)
-    return predict.Predictor(predict.LoadedModel(model, data.CLASSES, "test"), predict.FaceDetector(config))
+    config = inference.DetectorConfig(max_side=video.VIDEO_MAX_SIDE)
+    return inference.Predictor(inference.LoadedModel(model, data.CLASSES, "test"), inference.FaceDetector(config))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def write_video(path: Path, frames: int, fps: float, face: np.ndarray | None, fa
     return path
 
 
-def test_per_frame_table_rows_times_and_outputs(predictor: predict.Predictor, face_patch: np.ndarray,
+def test_per_frame_table_rows_times_and_outputs(predictor: inference.Predictor, face_patch: np.ndarray,
                                                 tmp_path: Path) -> None:
     clip = write_video(tmp_path / "clip.mp4", frames=45, fps=30, face=face_patch)
     annotated = tmp_path / "out" / "clip_annotated.mp4"
@@ -66,7 +68,7 @@ def test_per_frame_table_rows_times_and_outputs(predictor: predict.Predictor, fa
     assert frames["frame"].tolist() == list(range(0, 45, 3))
     assert frames["face_id"].tolist() == [1] * 15
     assert frames["detected"].tolist() == [True, False] * 7 + [True]
-    np.testing.assert_allclose(frames[predict.probability_columns(data.CLASSES)].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(frames[inference.probability_columns(data.CLASSES)].sum(axis=1), 1.0, atol=1e-5)
     # The box follows the face, which moved 2 px per source frame.
     detected = frames[frames["detected"]]
     shift = np.polyfit(detected["frame"], detected["x0"], 1)[0]
@@ -89,7 +91,7 @@ def test_per_frame_table_rows_times_and_outputs(predictor: predict.Predictor, fa
     assert len(pd.read_csv(written[0])) == 15
 
 
-def test_frames_without_faces_are_recorded(predictor: predict.Predictor, face_patch: np.ndarray,
+def test_frames_without_faces_are_recorded(predictor: inference.Predictor, face_patch: np.ndarray,
                                            tmp_path: Path) -> None:
     clip = write_video(tmp_path / "leaves.avi", frames=20, fps=20, face=face_patch, face_until=10, codec="MJPG")
     frames = video.analyze_video(clip, predictor, sample_fps=5, detect_every=1).frames
@@ -99,7 +101,7 @@ def test_frames_without_faces_are_recorded(predictor: predict.Predictor, face_pa
     assert frames["frame"].tolist() == [0, 4, 8, 12, 16]
 
 
-def test_no_faces_anywhere_gives_a_warning(predictor: predict.Predictor, tmp_path: Path) -> None:
+def test_no_faces_anywhere_gives_a_warning(predictor: inference.Predictor, tmp_path: Path) -> None:
     clip = write_video(tmp_path / "empty_room.mp4", frames=10, fps=10, face=None)
     analysis = video.analyze_video(clip, predictor, sample_fps=10)
     assert len(analysis.frames) == 10 and analysis.frames["face_id"].isna().all()
@@ -107,7 +109,7 @@ def test_no_faces_anywhere_gives_a_warning(predictor: predict.Predictor, tmp_pat
     assert analysis.face_summary().empty and analysis.video_summary()["faces"] == 0
 
 
-def test_unreadable_and_empty_videos(predictor: predict.Predictor, tmp_path: Path) -> None:
+def test_unreadable_and_empty_videos(predictor: inference.Predictor, tmp_path: Path) -> None:
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("this is text, not a video\n" * 20)
     with pytest.raises(FerLabError, match="OpenCV cannot open this file as a video"):
@@ -123,7 +125,7 @@ def test_unreadable_and_empty_videos(predictor: predict.Predictor, tmp_path: Pat
         video.analyze_video(tmp_path / "missing.mp4", predictor)
 
 
-def test_truncated_video_keeps_partial_results(predictor: predict.Predictor, face_patch: np.ndarray,
+def test_truncated_video_keeps_partial_results(predictor: inference.Predictor, face_patch: np.ndarray,
                                                tmp_path: Path) -> None:
     clip = write_video(tmp_path / "cut.avi", frames=30, fps=10, face=face_patch, codec="MJPG")
     content = clip.read_bytes()
@@ -146,10 +148,10 @@ def test_tracker_keeps_ids_for_nearby_boxes_and_ends_lost_tracks() -> None:
     assert tracker.update(2.2, np.zeros((0, 4))) == [] and tracker.visible()[0] == []
 
 
-def test_demo_inputs_hold_detectable_faces(predictor: predict.Predictor, tmp_path: Path) -> None:
+def test_demo_inputs_hold_detectable_faces(predictor: inference.Predictor, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     labels = [data.CLASSES[i % len(data.CLASSES)] for i in range(14)]
-    faces = np.stack([sample.render_face(label, rng) for label in labels])
+    faces = np.stack([synthetic.render_face(label, rng) for label in labels])
     demo = video.make_demo_inputs(tmp_path, faces, labels, seconds=1.5, detector=predictor.detector)
     capture = cv2.VideoCapture(str(demo.video))
     assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 45
@@ -157,7 +159,7 @@ def test_demo_inputs_hold_detectable_faces(predictor: predict.Predictor, tmp_pat
     assert [path.name for path in demo.stills] == ["group.jpg", "portrait_gray.png"]
     assert Image.open(demo.stills[1]).mode == "L"
     assert demo.truth.groupby("file").size().to_dict() == {"demo.mp4": 5, "group.jpg": 3, "portrait_gray.png": 1}
-    stills = predict.Predictor(predictor.loaded).predict_files(demo.stills)
+    stills = inference.Predictor(predictor.loaded).predict_files(demo.stills)
     assert stills.faces.groupby("path").size().to_dict() == {str(demo.stills[0]): 3, str(demo.stills[1]): 1}
     group = stills.table[stills.table["path"] == str(demo.stills[0])]
     shown = demo.truth[demo.truth["file"] == "group.jpg"]

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from fer_lab import augment
+from fer_lab.data.labels import VOTE_CLASS
 from fer_lab.errors import FerLabError
+from fer_lab.training import augment
 
 CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
-# FER+ vote columns that correspond to FER2013 classes; contempt, unknown and NF are left out.
-VOTE_CLASS = {
-    "vote_anger": "angry", "vote_disgust": "disgust", "vote_fear": "fear", "vote_happiness": "happy",
-    "vote_neutral": "neutral", "vote_sadness": "sad", "vote_surprise": "surprise",
-}
 
 
 @dataclass

@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from fer_lab import data, project
+from fer_lab import project
+from fer_lab.data.labels import CLASSES, FER2013_EMOTIONS, FERPLUS_NAMES
+from fer_lab.data.manifest import VOTES_FILENAME
 from fer_lab.errors import FerLabError
 
 SIZE = 48
@@ -160,7 +162,7 @@ def _sample_images(per_class: int, seed: int) -> list[_SampleImage]:
     """All images in a fixed order; each draws from its own seeded stream, so order is stable."""
     images: list[_SampleImage] = []
     per_test = max(2, per_class // 4)
-    for class_index, label in enumerate(data.CLASSES):
+    for class_index, label in enumerate(CLASSES):
         for i in range(per_class):
             face = render_face(label, _rng(seed, 1, class_index, i))
             images.append(_SampleImage(face, label, "Training", "face", label))
@@ -176,7 +178,7 @@ def _sample_images(per_class: int, seed: int) -> list[_SampleImage]:
         for i in range(per_noise_train + 1):
             rng = _rng(seed, 3, kind_index, i)
             usage = "Training" if i < per_noise_train else ("PublicTest", "PrivateTest")[kind_index % 2]
-            images.append(_SampleImage(maker(rng), str(rng.choice(data.CLASSES)), usage, kind))
+            images.append(_SampleImage(maker(rng), str(rng.choice(CLASSES)), usage, kind))
     rng = _rng(seed, 4)
     train_faces = [i for i, image in enumerate(images) if image.kind == "face" and image.usage == "Training"]
     chosen = rng.choice(train_faces, size=max(2, per_class // 8) + max(2, per_class // 12) + 2, replace=False)
@@ -189,7 +191,7 @@ def _sample_images(per_class: int, seed: int) -> list[_SampleImage]:
             usage = ("PublicTest", "PrivateTest")[position % 2]
             copy = _SampleImage(original.pixels, original.label, usage, "cross_split_duplicate", original.label, source)
         else:
-            wrong = str(rng.choice([c for c in data.CLASSES if c != original.label]))
+            wrong = str(rng.choice([c for c in CLASSES if c != original.label]))
             copy = _SampleImage(original.pixels, wrong, "Training", "mislabelled", original.label, source)
         images.append(copy)
     return images
@@ -224,7 +226,7 @@ def _write_folder(out_dir: Path, images: list[_SampleImage], seed: int) -> None:
         "ferplus_row": "",
     })
     table = pd.concat([table, votes], axis=1).sort_values("path", kind="stable")
-    table.to_csv(out_dir / data.VOTES_FILENAME, index=False)
+    table.to_csv(out_dir / VOTES_FILENAME, index=False)
 
 
 def _write_csv(out_dir: Path, images: list[_SampleImage], seed: int) -> None:
@@ -236,7 +238,7 @@ def _write_csv(out_dir: Path, images: list[_SampleImage], seed: int) -> None:
         for i in order
     ]
     rows = pd.DataFrame({
-        "emotion": [data.FER2013_EMOTIONS.index(image.label) for image in ordered],
+        "emotion": [FER2013_EMOTIONS.index(image.label) for image in ordered],
         "pixels": [" ".join(map(str, image.pixels.ravel().tolist())) for image in ordered],
         "Usage": [image.usage for image in ordered],
     })
@@ -262,11 +264,11 @@ def _truth_table(images: list[_SampleImage], names: list[str]) -> pd.DataFrame:
 
 def _votes(images: list[_SampleImage], seed: int) -> pd.DataFrame:
     """Ten simulated FER+ votes per image: faces mostly get their true expression, noise NF."""
-    counts = np.zeros((len(images), len(data.FERPLUS_NAMES)), dtype=np.int64)
-    index = {name: i for i, name in enumerate(data.FERPLUS_NAMES)}
+    counts = np.zeros((len(images), len(FERPLUS_NAMES)), dtype=np.int64)
+    index = {name: i for i, name in enumerate(FERPLUS_NAMES)}
     for row, image in enumerate(images):
         rng = _rng(seed, 6, row)
-        probabilities = np.full(len(data.FERPLUS_NAMES), 0.01)
+        probabilities = np.full(len(FERPLUS_NAMES), 0.01)
         if image.true_label:
             probabilities[index[FERPLUS_NAME[image.true_label]]] = 0.72
             probabilities[index[FERPLUS_NAME[CONFUSED_WITH[image.true_label]]]] += 0.12
@@ -277,7 +279,7 @@ def _votes(images: list[_SampleImage], seed: int) -> pd.DataFrame:
             probabilities[index["unknown"]] += 0.06
             probabilities[index["neutral"]] += 0.03
         counts[row] = rng.multinomial(10, probabilities / probabilities.sum())
-    return pd.DataFrame(counts, columns=list(data.FERPLUS_NAMES))
+    return pd.DataFrame(counts, columns=list(FERPLUS_NAMES))
 
 
 # --- non-face images -------------------------------------------------------------------------

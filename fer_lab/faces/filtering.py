@@ -41,21 +41,22 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fer_lab import faces
+from fer_lab import project
+from fer_lab.data.labels import SPLITS
 from fer_lab.errors import DataError
-from fer_lab.faces import DetectorSettings
+from fer_lab.faces import detection
+from fer_lab.faces.detection import DetectorSettings
 
 # Reasons that judge the image itself, i.e. what the face filter is scored on.
 CONTENT_REASONS = ("unreadable", "blank", "noise", "no_face", "weak_face")
 DUPLICATE_REASONS = ("conflicting_labels", "cross_split_duplicate", "duplicate")
 REJECT_REASONS = CONTENT_REASONS + DUPLICATE_REASONS
-SPLIT_ORDER = ("train", "val", "test")
 # Hand-verified kinds of the FER2013 images FER+ calls non-faces (benchmarks/fer2013_nonface_review.csv).
 REVIEW_NONFACE_KINDS = ("text", "icon", "blank", "no_face")
 REVIEW_FACE_KINDS = ("face", "face_partial")
 # Kinds in the embedded sample's sample_truth.csv.
 TRUTH_NONFACE_KINDS = ("nonface_text", "nonface_icon", "blank", "texture")
-DEFAULT_REVIEW = Path(__file__).resolve().parents[1] / "benchmarks" / "fer2013_nonface_review.csv"
+DEFAULT_REVIEW = project.ROOT / "benchmarks" / "fer2013_nonface_review.csv"
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def duplicate_reasons(manifest: pd.DataFrame) -> pd.Series:
     outvoted = copies["label"].to_numpy() != copies["sha1"].map(majority).to_numpy()
     reasons.loc[copies.index[outvoted]] = "conflicting_labels"
     survivors = copies[~outvoted]
-    rank = survivors["split"].map({split: i for i, split in enumerate(SPLIT_ORDER)}).fillna(len(SPLIT_ORDER))
+    rank = survivors["split"].map({split: i for i, split in enumerate(SPLITS)}).fillna(len(SPLITS))
     latest = rank.groupby(survivors["sha1"]).transform("max")
     reasons.loc[survivors.index[rank < latest]] = "cross_split_duplicate"
     same_split = survivors[rank == latest].sort_values("path", kind="stable")
@@ -135,9 +136,9 @@ def filter_manifest(
     *,
     workers: int | None = None,
     progress: bool = False,
-) -> tuple[pd.DataFrame, faces.Detections]:
+) -> tuple[pd.DataFrame, detection.Detections]:
     """Detect faces (cached under `<work_dir>/cache/faces/`) and decide; returns (filtered, detections)."""
-    detections = faces.detect_manifest(manifest, data_path, settings, work_dir, workers=workers, progress=progress)
+    detections = detection.detect_manifest(manifest, data_path, settings, work_dir, workers=workers, progress=progress)
     return decide(manifest, detections.table, settings.threshold, rules), detections
 
 
@@ -280,7 +281,7 @@ def sweep(
     rows = []
     nonface, face = reference == "nonface", reference == "face"
     for geometry in geometries:
-        found = faces.detect_manifest(manifest, data_path, geometry, work_dir, workers=workers, progress=progress)
+        found = detection.detect_manifest(manifest, data_path, geometry, work_dir, workers=workers, progress=progress)
         rate = found.computed / found.seconds if found.computed else float("nan")
         for weight in flat_weights:
             weighted = replace(rules, flat_weight=weight)

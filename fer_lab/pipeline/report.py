@@ -12,7 +12,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from fer_lab.runner import PipelineResult
+    from fer_lab.pipeline.runner import PipelineResult
 
 SUMMARY_DIR_NAME = "report_summary"
 

@@ -8,11 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-SPLITS = ("train", "val", "test")
-# FER+ vote columns and the canonical class each one counts for.
-VOTE_CLASS = {"vote_neutral": "neutral", "vote_happiness": "happy", "vote_surprise": "surprise",
-              "vote_sadness": "sad", "vote_anger": "angry", "vote_disgust": "disgust", "vote_fear": "fear",
-              "vote_contempt": "contempt", "vote_unknown": "unknown", "vote_NF": "not a face"}
+from fer_lab.data.labels import FERPLUS_CLASS, SPLITS
 
 
 def class_distribution(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -72,10 +68,10 @@ def cross_split_leaks(manifest: pd.DataFrame, evaluated: Sequence[str] = ("val",
 
 def vote_agreement(manifest: pd.DataFrame) -> pd.DataFrame:
     """Per class: share of images whose FER+ majority vote agrees with the dataset label, and NF majorities."""
-    columns = [column for column in VOTE_CLASS if column in manifest]
+    columns = [column for column in FERPLUS_CLASS if column in manifest]
     voted = manifest.dropna(subset=columns)
     voted = voted[voted[columns].sum(axis=1) > 0]
-    majority = voted[columns].idxmax(axis=1).map(VOTE_CLASS)
+    majority = voted[columns].idxmax(axis=1).map(FERPLUS_CLASS)
     return pd.DataFrame({
         "label": voted["label"],
         "agrees": majority == voted["label"],
@@ -108,7 +104,7 @@ def findings(manifest: pd.DataFrame, pixels: np.ndarray, *, max_std: float = 3.0
         ("near_constant_images", "near-constant images", int(blank_mask(pixels, max_std).sum()),
          f"pixel standard deviation < {max_std}"),
     ]
-    if any(column in manifest for column in VOTE_CLASS):
+    if any(column in manifest for column in FERPLUS_CLASS):
         agreement = vote_agreement(readable)
         voted = int(agreement["images"].sum())
         if voted:

@@ -30,18 +30,18 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fer_lab import preprocess
+from fer_lab.data import imaging
+from fer_lab.data.labels import (
+    CLASSES,
+    FER2013_EMOTIONS,
+    FERPLUS_NAMES,
+    SPLITS,
+    USAGE_SPLIT,
+    VOTE_COLUMNS,
+    canonical_label,
+)
 from fer_lab.errors import DataError, FerLabError
 
-CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-# fer2013.csv `emotion` ids, in the order the challenge defined them.
-FER2013_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-FERPLUS_NAMES = (
-    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF",
-)
-VOTE_COLUMNS = tuple(f"vote_{name}" for name in FERPLUS_NAMES)
-SPLITS = ("train", "val", "test")
-USAGE_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 MANIFEST_COLUMNS = ("path", "label", "split", "usage", "sha1", "height", "width", "channels", "readable", "error")
 VOTES_FILENAME = "ferplus_votes.csv"
 FER2013_CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
@@ -53,15 +53,6 @@ SPLIT_FOLDERS = {
     "train": "train", "training": "train",
     "val": "val", "valid": "val", "validation": "val", "dev": "val",
     "test": "test", "testing": "test",
-}
-CLASS_ALIASES = {
-    "angry": "angry", "anger": "angry", "mad": "angry",
-    "disgust": "disgust", "disgusted": "disgust", "disgusting": "disgust",
-    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear",
-    "happy": "happy", "happiness": "happy", "joy": "happy", "joyful": "happy",
-    "neutral": "neutral", "neutrality": "neutral",
-    "sad": "sad", "sadness": "sad",
-    "surprise": "surprise", "surprised": "surprise", "surprising": "surprise",
 }
 MANIFEST_FORMAT_VERSION = 1
 # Below this many files a worker pool costs more to start than it saves.
@@ -82,12 +73,6 @@ class DataSource:
     kind: Literal["csv", "folders"]
     root: Path
     csv_file: Path | None = None
-
-
-def canonical_label(name: str) -> str:
-    """Map a class name or alias (any case) to its canonical name; unknown names are lowercased."""
-    key = name.strip().lower()
-    return CLASS_ALIASES.get(key, key)
 
 
 def detect_source(path: str | os.PathLike[str]) -> DataSource:
@@ -177,7 +162,7 @@ def attach_votes(manifest: pd.DataFrame, votes_file: Path, source: DataSource) -
 def load_pixels(
     path: str | os.PathLike[str],
     manifest: pd.DataFrame,
-    size: int = preprocess.MODEL_SIZE,
+    size: int = imaging.MODEL_SIZE,
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int | None = None,
 ) -> np.ndarray:
@@ -362,7 +347,7 @@ def _csv_manifest(csv_file: Path) -> pd.DataFrame:
     for row, text in enumerate(table["pixels"]):
         image, error = parse_pixel_string(text)
         side = image.shape[0] if image is not None else 0
-        sha1 = preprocess.pixel_sha1(image) if image is not None else ""
+        sha1 = imaging.pixel_sha1(image) if image is not None else ""
         records.append((f"row:{row}", sha1, side, side, 1 if image is not None else 0, image is not None, error))
     manifest = pd.DataFrame(records, columns=["path", "sha1", "height", "width", "channels", "readable", "error"])
     manifest.insert(1, "label", labels)
@@ -398,16 +383,16 @@ def _csv_pixels(csv_file: Path, manifest: pd.DataFrame, size: int) -> np.ndarray
         if not match or int(match.group(1)) >= len(table):
             raise DataError(f"{csv_file.name}: manifest row {path!r} is not a row of this CSV")
         image, error = parse_pixel_string(table["pixels"].iat[int(match.group(1))])
-        if image is None or preprocess.pixel_sha1(image) != sha1:
+        if image is None or imaging.pixel_sha1(image) != sha1:
             raise DataError(f"{csv_file.name} {path}: changed since the manifest was built ({error or 'new pixels'})")
-        pixels[index] = preprocess.to_model_input(image, size)
+        pixels[index] = imaging.to_model_input(image, size)
     return pixels
 
 
 def _folder_manifest(root: Path, workers: int | None) -> pd.DataFrame:
     entries = _scan_folders(root)
     files = [str(root / relative) for relative, *_ in entries]
-    inspected = _map_batches(preprocess.inspect_images, files, workers)
+    inspected = _map_batches(imaging.inspect_images, files, workers)
     manifest = pd.DataFrame(
         [(*entry, *details) for entry, details in zip(entries, inspected)],
         columns=["path", "label", "split", "usage", "sha1", "height", "width", "channels", "error"],
@@ -422,7 +407,7 @@ def _folder_pixels(root: Path, manifest: pd.DataFrame, size: int, workers: int |
     if missing is not None:
         raise DataError(f"{missing}: listed in the manifest but missing")
     try:
-        batches = _map_batches(preprocess.load_model_inputs, files, workers, size, flatten=False)
+        batches = _map_batches(imaging.load_model_inputs, files, workers, size, flatten=False)
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{root}: an image could not be read ({_one_line(exc)}); rebuild the manifest") from exc
     if not batches:

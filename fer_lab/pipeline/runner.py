@@ -14,8 +14,9 @@ import yaml
 import zmq
 from traitlets.config import Config
 
-from fer_lab import project, report, tracking
+from fer_lab import project, tracking
 from fer_lab.errors import FerLabError
+from fer_lab.pipeline import report
 
 # ipykernel >= 7.3 warns on every start over unencrypted TCP; "auto" encrypts with CurveZMQ when the
 # kernelspec supports it and otherwise starts the kernel as before (jupyter_client rejects "auto"
@@ -197,7 +198,7 @@ def run_pipeline(
     shared = params["shared"]
     if data_dir is not None:
         shared["data_dir"] = str(project.resolve(data_dir))
-    from fer_lab.sample import resolve_dataset
+    from fer_lab.data.synthetic import resolve_dataset
 
     data_path = resolve_dataset(shared.get("data_dir", project.SAMPLE_DIR))
     if not data_path.exists():

@@ -1,7 +1,7 @@
 """Side-by-side comparison of training runs logged in MLflow, and McNemar's test between two of them.
 
 Runs are the training runs (tag `notebook=03_train`) that 04_evaluate has annotated with `test_*`
-metrics and a `predictions_<split>.csv` artifact; see `fer_lab.evaluate`.
+metrics and a `predictions_<split>.csv` artifact; see `fer_lab.analysis.evaluate`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fer_lab.analysis.evaluate import evaluation_set_tag, metric_prefix
 from fer_lab.errors import FerLabError
-from fer_lab.evaluate import evaluation_set_tag, metric_prefix
 
 TRAIN_NOTEBOOK = "03_train"
 SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece",

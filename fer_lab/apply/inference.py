@@ -1,11 +1,11 @@
 """Apply a trained model to photos: find faces, crop them as the training images frame them, classify in batches.
 
 A full-size photo is not a 48x48 FER image: faces are anywhere, at any size. dlib's HOG detector
-(the one `fer_lab.faces` uses on FER images) finds faces of about 80 pixels and up in the image
+(the one `fer_lab.faces.detection` uses on FER images) finds faces of about 80 pixels and up in the image
 it is given, so a large photo is downscaled to at most `max_side` pixels before detection and the
 boxes are mapped back to the original. Each face is then cut from the full-resolution grayscale
 image as a square framed the way the training images frame their faces (`Framing`, measured on
-the training data by `measure_framing`) and converted with `preprocess.to_model_input`, the
+the training data by `measure_framing`) and converted with `imaging.to_model_input`, the
 function training's pixel loading uses, so the model sees pixels prepared exactly as in training.
 """
 
@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from fer_lab import faces, preprocess
-from fer_lab.data import CLASSES, IMAGE_EXTENSIONS
+from fer_lab.data import CLASSES, IMAGE_EXTENSIONS, imaging
 from fer_lab.errors import FerLabError
+from fer_lab.faces import detection
 
 # A dlib HOG box covers about 1/1.19 of a FER2013 image's side, with its centre 8% of the box side
 # below the image centre (`measure_framing` on FER2013 training images, two seeds): the default framing.
@@ -81,7 +81,7 @@ class FaceDetector:
         if config.model == "hog":
             self._hog = dlib.get_frontal_face_detector()
         else:
-            face_recognition_models = faces.import_quietly("face_recognition_models")
+            face_recognition_models = detection.import_quietly("face_recognition_models")
             self._cnn = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
 
     def __call__(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,17 +178,17 @@ def crop_face(gray: np.ndarray, box: Sequence[float], framing: Framing = Framing
     return np.pad(inside, ((pad_top, pad_bottom), (pad_left, pad_right)), mode="edge")
 
 
-def face_inputs(gray: np.ndarray, boxes: np.ndarray, size: int = preprocess.MODEL_SIZE,
+def face_inputs(gray: np.ndarray, boxes: np.ndarray, size: int = imaging.MODEL_SIZE,
                 framing: Framing = Framing()) -> np.ndarray:
-    """Model inputs (K, size, size) uint8 for the faces at `boxes`, via `preprocess.to_model_input`."""
+    """Model inputs (K, size, size) uint8 for the faces at `boxes`, via `imaging.to_model_input`."""
     out = np.empty((len(boxes), size, size), dtype=np.uint8)
     for index, box in enumerate(boxes):
-        out[index] = preprocess.to_model_input(crop_face(gray, box, framing), size)
+        out[index] = imaging.to_model_input(crop_face(gray, box, framing), size)
     return out
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An image file as 2-D uint8 grayscale (`preprocess.to_gray`), upright per its EXIF orientation.
+    """An image file as 2-D uint8 grayscale (`imaging.to_gray`), upright per its EXIF orientation.
 
     Raises FerLabError naming the file when it cannot be decoded or has more than `max_pixels`.
     """
@@ -200,7 +200,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
                 width, height = image.size
                 if width * height > max_pixels:
                     raise FerLabError(_too_large(path, width, height, max_pixels))
-                return preprocess.to_gray(ImageOps.exif_transpose(image))
+                return imaging.to_gray(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as error:
         sizes = re.findall(r"\d+", str(error))
         pixels = f"{int(sizes[0]) / 1e6:.0f} Mpx" if sizes else "too many pixels"
@@ -239,13 +239,13 @@ class LoadedModel:
     model: Any
     labels: tuple[str, ...]
     reference: str
-    input_size: int = preprocess.MODEL_SIZE
+    input_size: int = imaging.MODEL_SIZE
 
 
 def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
     """Load a model from an MLflow run id, a model URI (`runs:/<id>/model`, `models:/name/1`) or a local model folder.
 
-    Run ids go through `fer_lab.train.load_run_model`, the loader every notebook uses; other URIs
+    Run ids go through `fer_lab.training.train.load_run_model`, the loader every notebook uses; other URIs
     through MLflow's Keras flavor with the labels from the model's metadata.
     """
     from fer_lab import tracking
@@ -269,7 +269,7 @@ def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
 
 
 def _load_run(run_id: str) -> tuple[Any, Sequence[str]]:
-    from fer_lab.train import load_run_model
+    from fer_lab.training.train import load_run_model
 
     return load_run_model(run_id)
 
@@ -299,7 +299,8 @@ def _checked(model: Any, labels: tuple[str, ...], reference: str) -> LoadedModel
 
 def default_model_reference(experiment: str = "fer-lab", parent_run_id: str = "", tracking_uri: str = "") -> str:
     """The run id of the training run (tag notebook=03_train) of pipeline `parent_run_id`, else the latest finished one."""
-    from fer_lab import compare, tracking
+    from fer_lab import tracking
+    from fer_lab.analysis import compare
 
     tracking.configure(tracking_uri)
     try:
@@ -360,7 +361,7 @@ class Predictor:
 
     def predict_image(self, image: Image.Image | np.ndarray) -> pd.DataFrame:
         """One row per face in an image (PIL or array, any size, colour or grayscale)."""
-        return self.predict_gray(preprocess.to_gray(image))
+        return self.predict_gray(imaging.to_gray(image))
 
     def predict_files(self, paths: Sequence[str | os.PathLike[str]], *, chunk: int = 16,
                       progress: bool = False) -> ImagePredictions:

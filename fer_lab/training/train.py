@@ -23,8 +23,8 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fer_lab import augment, ema, inputs, models, schedule
 from fer_lab.errors import FerLabError
+from fer_lab.training import augment, datasets, ema, models, schedule
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -140,8 +140,8 @@ def use_mixed_precision(mode: str) -> bool:
 
 def train(
     config: TrainConfig,
-    train_split: inputs.Split,
-    val_split: inputs.Split,
+    train_split: datasets.Split,
+    val_split: datasets.Split,
     labels: Sequence[str],
     checkpoint_dir: str | os.PathLike[str],
     *,
@@ -166,8 +166,8 @@ def train(
     use_mixed_precision(config.mixed_precision)
     plan = config.schedule.plan()
     total_epochs = config.schedule.total_epochs
-    steps = inputs.steps_per_epoch(len(train_split), min(config.batch_size, len(train_split)))
-    val_data = inputs.eval_dataset(val_split)
+    steps = datasets.steps_per_epoch(len(train_split), min(config.batch_size, len(train_split)))
+    val_data = datasets.eval_dataset(val_split)
     best_sign = 1.0 if MONITORS[config.monitor] == "max" else -1.0
 
     completed = state["completed_epochs"]
@@ -231,9 +231,9 @@ def train(
 
 
 def _run_epoch(model: keras.Model, config: TrainConfig, planned: schedule.PlannedPhase, epoch: int,
-               train_split: inputs.Split, val_data: Any, steps: int,
+               train_split: datasets.Split, val_data: Any, steps: int,
                average: ema.WeightAverage | None) -> dict[str, Any]:
-    dataset = inputs.training_dataset(train_split, batch_size=config.batch_size, augmentation=config.augment,
+    dataset = datasets.training_dataset(train_split, batch_size=config.batch_size, augmentation=config.augment,
                                       seed=config.seed, epoch=epoch, mixup=config.mixup, cutmix=config.cutmix)
     learning_rate = schedule.current_learning_rate(model)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -402,7 +402,7 @@ def load_run_model(run_id: str, tracking_uri: str = "") -> tuple[keras.Model, li
 
 
 def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str],
-                config: TrainConfig) -> tuple[inputs.Split, inputs.Split, np.ndarray]:
+                config: TrainConfig) -> tuple[datasets.Split, datasets.Split, np.ndarray]:
     """Train and val `Split`s from manifest rows (column `split`) and their pixels, plus the class weights."""
     if len(rows) != len(pixels):
         raise FerLabError(f"{len(rows)} manifest rows but {len(pixels)} images")
@@ -412,12 +412,12 @@ def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str],
         raise FerLabError(f"training needs train and val images; the manifest has {int(is_train.sum())} train "
                           f"and {int(is_val.sum())} val rows")
     train_rows = rows[is_train]
-    weights = inputs.class_weights(inputs.label_indices(train_rows["label"].tolist(), labels), len(labels),
+    weights = datasets.class_weights(datasets.label_indices(train_rows["label"].tolist(), labels), len(labels),
                                    config.class_weights)
     per_class = None if config.class_weights == "none" else weights
-    train_split = inputs.make_split(train_rows, pixels[is_train], labels, soft_labels=config.soft_labels,
+    train_split = datasets.make_split(train_rows, pixels[is_train], labels, soft_labels=config.soft_labels,
                                     weights=per_class)
-    val_split = inputs.make_split(rows[is_val], pixels[is_val], labels)
+    val_split = datasets.make_split(rows[is_val], pixels[is_val], labels)
     return train_split, val_split, weights
 
 

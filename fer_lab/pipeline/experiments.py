@@ -154,7 +154,7 @@ def run_experiment(
     """
     from mlflow.tracking import MlflowClient
 
-    from fer_lab import runner
+    from fer_lab.pipeline import runner
 
     experiment = load_experiment(file)
     user_overrides = dict(overrides or {})

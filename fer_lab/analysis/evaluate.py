@@ -22,8 +22,8 @@ import pandas as pd
 from mlflow.entities import Metric
 from sklearn import metrics as skm
 
-from fer_lab import augment
 from fer_lab.errors import FerLabError
+from fer_lab.training import augment
 
 PREDICTION_COLUMNS = ("path", "sha1", "label", "pred")
 DEFAULT_TENCROP = 44  # ten-crop side for a model trained without crops

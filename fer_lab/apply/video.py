@@ -23,14 +23,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image as PILImage
 
-from fer_lab import predict, preprocess
+from fer_lab.apply import inference
+from fer_lab.data import imaging
 from fer_lab.errors import FerLabError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 # Codecs this project's OpenCV wheel can write without extra libraries (checked: mp4v and MJPG work,
 # H.264 does not), by output suffix.
 WRITER_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
-FRAME_COLUMNS = ("time", "frame", "face_id", *predict.BOX_COLUMNS, "detected", "score", "label", "confidence")
+FRAME_COLUMNS = ("time", "frame", "face_id", *inference.BOX_COLUMNS, "detected", "score", "label", "confidence")
 
 
 def is_video(path: str | os.PathLike[str]) -> bool:
@@ -160,7 +161,7 @@ class VideoAnalysis:
 
 def analyze_video(
     path: str | os.PathLike[str],
-    predictor: predict.Predictor,
+    predictor: inference.Predictor,
     *,
     sample_fps: float = 10.0,
     detect_every: int = 2,
@@ -203,7 +204,7 @@ def analyze_video(
     try:
         for frame_index, frame in reader.sampled(sample_fps, limit or None):
             rgb = frame[:, :, ::-1]
-            gray = preprocess.to_gray(rgb)
+            gray = imaging.to_gray(rgb)
             frame_shape = gray.shape
             time_s = frame_index / reader.fps
             if sampled % detect_every == 0:
@@ -259,7 +260,7 @@ class _Sampled:
     rgb: np.ndarray | None
 
 
-def _classify(pending: list[_Sampled], predictor: predict.Predictor, writer: "_Writer | None") -> Iterator[pd.DataFrame]:
+def _classify(pending: list[_Sampled], predictor: inference.Predictor, writer: "_Writer | None") -> Iterator[pd.DataFrame]:
     """Rows for `pending` frames after one model call over all their faces; annotated frames go to `writer`.
 
     Built column-wise with numpy: per-frame DataFrames would cost more than the model call.
@@ -291,18 +292,18 @@ def _classify(pending: list[_Sampled], predictor: predict.Predictor, writer: "_W
     top = np.where(has_face, np.nan_to_num(probs).argmax(axis=1), 0)
     table = pd.DataFrame(columns)
     table["face_id"] = face_ids
-    table[list(predict.BOX_COLUMNS)] = boxes
+    table[list(inference.BOX_COLUMNS)] = boxes
     table["detected"], table["score"] = detected, scores
     table["label"] = np.where(has_face, np.asarray(labels, dtype=object)[top], "").astype(object)
     table["confidence"] = np.where(has_face, np.nan_to_num(probs).max(axis=1), np.nan)
-    table[predict.probability_columns(labels)] = probs
+    table[inference.probability_columns(labels)] = probs
     if writer is not None:
         row = 0
         for item, count in zip(pending, rows_per_frame):
             if item.rgb is not None:
                 captions = [f"#{face_id} {label} {confidence:.2f}" for face_id, label, confidence in zip(
                     item.ids, table["label"].iloc[row:row + count], table["confidence"].iloc[row:row + count])]
-                writer.write(predict.draw_boxes(item.rgb, item.boxes, captions,
+                writer.write(inference.draw_boxes(item.rgb, item.boxes, captions,
                                                 list(table["label"].iloc[row:row + len(item.ids)])))
             row += count
     yield table
@@ -428,7 +429,7 @@ def video_summary(analysis: VideoAnalysis) -> pd.Series:
 def smooth(frames: pd.DataFrame, labels: Sequence[str], seconds: float = 1.0) -> pd.DataFrame:
     """Face rows with each p_<label> replaced by its centred moving average over `seconds`, per face."""
     faces = face_rows(frames).sort_values(["face_id", "time"])
-    columns = predict.probability_columns(labels)
+    columns = inference.probability_columns(labels)
     if faces.empty or seconds <= 0:
         return faces.reset_index(drop=True)
     window = pd.Timedelta(seconds=seconds)
@@ -446,7 +447,7 @@ def peaks(frames: pd.DataFrame, labels: Sequence[str], smooth_seconds: float = 1
     smoothed = smooth(frames, labels, smooth_seconds)
     rows = []
     for face_id, face in smoothed.groupby("face_id"):
-        for label, column in zip(labels, predict.probability_columns(labels)):
+        for label, column in zip(labels, inference.probability_columns(labels)):
             best = face[column].idxmax()
             rows.append({"face_id": face_id, "label": label, "time": face.at[best, "time"],
                          "probability": face.at[best, column]})
@@ -467,8 +468,8 @@ def timeline_figure(frames: pd.DataFrame, labels: Sequence[str], smooth_seconds:
     end = frames["time"].max()
     for ax, face_id in zip(axes, longest):
         face = smoothed[smoothed["face_id"] == face_id]
-        for label, column in zip(labels, predict.probability_columns(labels)):
-            ax.plot(face["time"], face[column], color=predict.label_color(label), label=label, linewidth=1.5,
+        for label, column in zip(labels, inference.probability_columns(labels)):
+            ax.plot(face["time"], face[column], color=inference.label_color(label), label=label, linewidth=1.5,
                     marker="." if len(face) < 3 else None)
         ax.set_ylim(0, 1)
         ax.set_xlim(0, max(end, 1e-3))
@@ -497,7 +498,7 @@ def make_demo_inputs(
     seconds: float = 6.0,
     fps: float = 30.0,
     face_px: int = 170,
-    detector: predict.FaceDetector | None = None,
+    detector: inference.FaceDetector | None = None,
 ) -> DemoInputs:
     """Write `demo.mp4` (640x360) and two stills made of dataset faces on a synthetic background.
 
@@ -546,7 +547,7 @@ def make_demo_inputs(
     for index, (x, y, size) in zip((5, 6, 7), placements):
         _paste(group, _enlarge(faces[chosen[index]], size), x, y)
     PILImage.fromarray(group.astype(np.uint8)).save(stills[0], quality=92)
-    portrait = preprocess.to_gray(_background(rng, 320, 400).astype(np.uint8)).astype(float)[..., None]
+    portrait = imaging.to_gray(_background(rng, 320, 400).astype(np.uint8)).astype(float)[..., None]
     _paste(portrait, _enlarge(faces[chosen[8]], 190)[..., :1], 160, 190)
     PILImage.fromarray(portrait[..., 0].astype(np.uint8)).save(stills[1])
     truth += [{"file": stills[0].name, "person": person, "x": x, "start": np.nan, "end": np.nan, "label": names[index]}
@@ -589,7 +590,7 @@ def preview_frames(path: str | os.PathLike[str], count: int = 6) -> list[np.ndar
 
 
 def _demo_faces(faces: np.ndarray, labels: Sequence[str], rng: np.random.Generator, face_px: int,
-                detector: predict.FaceDetector | None, needed: int) -> list[int]:
+                detector: inference.FaceDetector | None, needed: int) -> list[int]:
     """Indices of `needed` faces, consecutive ones of different labels where possible, detectable if asked."""
     if len(faces) == 0:
         raise FerLabError("no faces to build demo inputs from")
@@ -600,7 +601,7 @@ def _demo_faces(faces: np.ndarray, labels: Sequence[str], rng: np.random.Generat
         if detector is not None:
             canvas = np.full((face_px * 2, face_px * 2, 3), 110.0)
             _paste(canvas, _enlarge(faces[index], face_px), face_px, face_px)
-            if len(detector(preprocess.to_gray(canvas.astype(np.uint8)))[0]) != 1:
+            if len(detector(imaging.to_gray(canvas.astype(np.uint8)))[0]) != 1:
                 continue
         chosen.append(int(index))
         if len(chosen) == needed:
@@ -649,28 +650,28 @@ VIDEO_MAX_SIDE = 640
 
 def analyze_path(
     path: str | os.PathLike[str],
-    loaded: predict.LoadedModel,
+    loaded: inference.LoadedModel,
     *,
     out_dir: str | os.PathLike[str] | None = None,
     max_side: int | None = None,
     threshold: float = 0.0,
-    framing: predict.Framing = predict.Framing(),
+    framing: inference.Framing = inference.Framing(),
     sample_fps: float = 10.0,
     detect_every: int = 2,
     smooth_seconds: float = 1.0,
     progress: bool = False,
-) -> predict.ImagePredictions | VideoAnalysis:
+) -> inference.ImagePredictions | VideoAnalysis:
     """Apply a model to an image, a folder of images or a video; with `out_dir`, write tables and annotated copies.
 
     Videos write `<stem>_frames.csv/.parquet`, `<stem>_faces.csv`, `<stem>_summary.csv`,
     `<stem>_annotated.mp4` and `<stem>_timeline.png`; images write `predictions.csv` and
     `<name>_annotated.jpg`. What was computed is written even when the result has warnings.
-    `framing` should be the training data's (`predict.measure_framing`); the default is FER2013's.
+    `framing` should be the training data's (`inference.measure_framing`); the default is FER2013's.
     """
     path = Path(path)
     if is_video(path):
-        config = predict.DetectorConfig(max_side=max_side or VIDEO_MAX_SIDE, threshold=threshold)
-        predictor = predict.Predictor(loaded, predict.FaceDetector(config), framing=framing)
+        config = inference.DetectorConfig(max_side=max_side or VIDEO_MAX_SIDE, threshold=threshold)
+        predictor = inference.Predictor(loaded, inference.FaceDetector(config), framing=framing)
         annotated = Path(out_dir) / f"{path.stem}_annotated.mp4" if out_dir is not None else None
         analysis = analyze_video(path, predictor, sample_fps=sample_fps, detect_every=detect_every,
                                  annotated_path=annotated, progress=progress)
@@ -678,15 +679,15 @@ def analyze_path(
             analysis.save(out_dir)
             analysis.timeline(smooth_seconds).savefig(Path(out_dir) / f"{path.stem}_timeline.png", dpi=100)
         return analysis
-    config = predict.DetectorConfig(max_side=max_side or IMAGE_MAX_SIDE, threshold=threshold)
-    predictor = predict.Predictor(loaded, predict.FaceDetector(config), framing=framing)
-    result = predictor.predict_files(predict.image_files(path), progress=progress)
+    config = inference.DetectorConfig(max_side=max_side or IMAGE_MAX_SIDE, threshold=threshold)
+    predictor = inference.Predictor(loaded, inference.FaceDetector(config), framing=framing)
+    result = predictor.predict_files(inference.image_files(path), progress=progress)
     if out_dir is not None:
         result.save(out_dir)
     return result
 
 
-def result_text(result: predict.ImagePredictions | VideoAnalysis, max_rows: int = 40) -> str:
+def result_text(result: inference.ImagePredictions | VideoAnalysis, max_rows: int = 40) -> str:
     """A plain-text table of a result for the terminal: faces per image, or per face and per video."""
     if isinstance(result, VideoAnalysis):
         summary = result.video_summary()
@@ -695,7 +696,7 @@ def result_text(result: predict.ImagePredictions | VideoAnalysis, max_rows: int 
                 f"analysed at {result.processing_fps:.1f} frames/s")
         faces = result.face_summary()
         return head if faces.empty else head + "\n" + faces.round(2).to_string(index=False)
-    columns = ["path", "face", *predict.BOX_COLUMNS, "label", "confidence"]
+    columns = ["path", "face", *inference.BOX_COLUMNS, "label", "confidence"]
     table = result.table[columns].assign(path=result.table["path"].map(lambda value: Path(value).name))
     text = table.head(max_rows).round(2).to_string(index=False)
     more = len(table) - max_rows

@@ -17,8 +17,8 @@ import keras
 import pandas as pd
 from keras import layers
 
-from fer_lab import models
 from fer_lab.errors import FerLabError
+from fer_lab.training import models
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau")

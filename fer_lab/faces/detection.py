@@ -14,7 +14,7 @@ image's pixels. The HOG detector is run with a low score floor and its detection
 so the decision threshold can change without detecting again. Finished chunks are committed as
 they arrive, so an interrupted run resumes where it stopped.
 
-Besides detections, each image gets three cheap pixel statistics used by `fer_lab.filtering`:
+Besides detections, each image gets three cheap pixel statistics used by `fer_lab.faces.filtering`:
 `contrast` (2nd-98th percentile range), `flatness` (share of pixels whose 3x3 neighbourhood
 varies by at most 4 grey levels: large for text, icons and flat placeholders, small for photos)
 and `noise` (robust pixel-noise estimate relative to the image's standard deviation: near 1 for

@@ -1,0 +1,1 @@
+"""Pipeline: the shared notebook setup, the papermill runner, experiment sets and the HTML report."""

@@ -1,0 +1,1 @@
+"""Training (03_train): inputs, augmentation, models, phased schedules and the resumable training loop."""
