@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from fer_lab.errors import FerLabError
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,4 +1,9 @@
-"""Errors that carry a message a user can act on; the CLI prints them as one line."""
+"""Errors that carry a message a user can act on; the CLI prints them as one line.
+
+Every error fer_lab raises on purpose is a `FerLabError`: `DataError` for a dataset file or row,
+`ConfigError` for a parameter, params file or reference that cannot be used. Warnings go through
+`warnings.warn` with a `FerLabWarning` subclass, so notebooks, the CLI and tests see them the same way.
+"""
 
 
 class FerLabError(Exception):
@@ -7,3 +12,11 @@ class FerLabError(Exception):
 
 class DataError(FerLabError):
     """A dataset file or row that cannot be read; the message names it and the problem."""
+
+
+class ConfigError(FerLabError):
+    """A parameter, params file or model reference that cannot be used; the message names it."""
+
+
+class FerLabWarning(UserWarning):
+    """Something a user should know that does not stop the work (the one warning channel)."""

@@ -14,7 +14,6 @@ from fer_lab.data.labels import (
 from fer_lab.data.manifest import (
     IMAGE_EXTENSIONS,
     MANIFEST_COLUMNS,
-    VOTES_FILENAME,
     DataSource,
     build_manifest,
     class_names,
@@ -22,13 +21,14 @@ from fer_lab.data.manifest import (
     data_root,
     detect_source,
     load_or_build_manifest,
-    load_pixels,
     manifest_fingerprint,
     manifest_report,
     read_manifest,
     unreadable_summary,
     write_manifest,
 )
+from fer_lab.data.pixels import load_pixels
+from fer_lab.data.votes import VOTES_FILENAME
 
 __all__ = [
     "CLASSES",

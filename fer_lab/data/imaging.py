@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fer_lab._shared import one_line
+
 MODEL_SIZE = 48
 # Transparent pixels are shown over white, as an image viewer (and a labeller) would see them.
 ALPHA_BACKGROUND = 255
@@ -89,7 +91,7 @@ def inspect_image(path: str | os.PathLike[str]) -> tuple[str, int, int, int, str
         return "", 0, 0, 0, "not an image: no image format recognises the file"
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-        return "", height, width, channels, f"{reason}: {_one_line(exc)}"
+        return "", height, width, channels, f"{reason}: {one_line(exc)}"
     return pixel_sha1(gray), height, width, channels, ""
 
 
@@ -161,6 +163,21 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+def parse_pixel_string(text: str) -> tuple[np.ndarray | None, str]:
+    """Parse a fer2013.csv `pixels` cell into a square uint8 image, or (None, "<reason>: <detail>")."""
+    text = text if isinstance(text, str) else ""
+    try:
+        with warnings.catch_warnings():
+            # Older NumPy only warns when parsing stops at a non-number; make that an error too.
+            warnings.simplefilter("error", DeprecationWarning)
+            values = np.fromstring(text, dtype=np.int64, sep=" ")
+    except (ValueError, DeprecationWarning):
+        bad = next((token for token in text.split() if not token.isdigit()), "?")
+        return None, f"non-numeric pixels: {bad[:20]!r}"
+    side = int(round(len(values) ** 0.5))
+    if len(values) == 0 or side * side != len(values):
+        return None, f"wrong pixel count: {len(values)} values, not a square image (48x48 is 2304)"
+    if values.min() < 0 or values.max() > 255:
+        bad_value = values[(values < 0) | (values > 255)][0]
+        return None, f"pixel out of range: {bad_value} (expected 0-255)"
+    return values.astype(np.uint8).reshape(side, side), ""

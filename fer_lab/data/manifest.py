@@ -16,13 +16,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import multiprocessing
 import os
 import re
-import threading
-import warnings
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,22 +26,32 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from fer_lab._shared import (
+    available_cores,
+    chunks,
+    map_in_processes,
+    one_line,
+    read_csv,
+    require_columns,
+    write_atomic,
+)
 from fer_lab.data import imaging
 from fer_lab.data.labels import (
     CLASSES,
     FER2013_EMOTIONS,
-    FERPLUS_NAMES,
     SPLITS,
     USAGE_SPLIT,
     VOTE_COLUMNS,
     canonical_label,
 )
+from fer_lab.data.votes import (
+    attach_votes,
+    default_votes_file,
+)
 from fer_lab.errors import DataError, FerLabError
 
 MANIFEST_COLUMNS = ("path", "label", "split", "usage", "sha1", "height", "width", "channels", "readable", "error")
-VOTES_FILENAME = "ferplus_votes.csv"
 FER2013_CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
-FERPLUS_CSV_NAMES = ("fer2013new.csv", "fer2013new.csv.gz")
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
 )
@@ -60,7 +66,7 @@ MIN_FILES_FOR_POOL = 2000
 
 _USAGE_PREFIX = re.compile(r"^(training|publictest|privatetest)_", re.IGNORECASE)
 _USAGE_BY_LOWER = {usage.lower(): usage for usage in USAGE_SPLIT}
-_ROW_PATH = re.compile(r"^row:(\d+)$")
+ROW_PATH = re.compile(r"^row:(\d+)$")
 _TEXT_COLUMNS = ("path", "label", "split", "usage", "sha1", "error")
 
 UnknownClasses = Literal["keep", "drop"]
@@ -125,77 +131,10 @@ def build_manifest(
             raise DataError(f"{path}: no images of the classes {', '.join(CLASSES)} (unknown classes dropped)")
     if not (manifest["split"] == "val").any() and val_fraction > 0:
         manifest = _stratified_val_split(manifest, val_fraction, seed)
-    votes_file = Path(votes).expanduser().resolve() if votes is not None else _default_votes_file(source)
+    votes_file = Path(votes).expanduser().resolve() if votes is not None else default_votes_file(source)
     if votes_file is not None:
         manifest = attach_votes(manifest, votes_file, source)
     return manifest
-
-
-def attach_votes(manifest: pd.DataFrame, votes_file: Path, source: DataSource) -> pd.DataFrame:
-    """Add the ten `vote_*` columns from a per-file votes CSV or a FER+ `fer2013new.csv`.
-
-    Rows without votes get NaN; votes for files not in the manifest are ignored.
-    """
-    if not votes_file.is_file():
-        raise DataError(f"{votes_file}: votes file not found")
-    table = _read_csv(votes_file)
-    if "path" in table.columns:
-        votes = _vote_table(table, votes_file)
-        votes.index = table["path"].str.replace("\\", "/", regex=False).str.removeprefix("./")
-        repeated = votes.index[votes.index.duplicated()]
-        if len(repeated):
-            raise DataError(f"{votes_file}: {len(repeated)} paths appear twice, e.g. {repeated[0]}")
-        joined = votes.reindex(manifest["path"])
-    elif {"Usage", "Image name"} & set(table.columns):
-        if source.kind != "csv":
-            raise DataError(f"{votes_file}: FER+ row-order votes fit only fer2013.csv; folders need a 'path' column")
-        joined = _ferplus_row_votes(manifest, table, votes_file, source.csv_file)
-    else:
-        raise DataError(f"{votes_file}: a votes file needs a 'path' column (or be FER+ fer2013new.csv)")
-    manifest = manifest.drop(columns=[c for c in VOTE_COLUMNS if c in manifest.columns])
-    for column in VOTE_COLUMNS:
-        values = joined[column].to_numpy()
-        manifest[column] = values.astype(np.int64) if not np.isnan(values).any() else values
-    return manifest
-
-
-def load_pixels(
-    path: str | os.PathLike[str],
-    manifest: pd.DataFrame,
-    size: int = imaging.MODEL_SIZE,
-    cache_dir: str | os.PathLike[str] | None = None,
-    workers: int | None = None,
-) -> np.ndarray:
-    """Pixels of every manifest row as uint8 (N, size, size) grayscale, in row order.
-
-    All rows must be readable. With `cache_dir`, the array is kept as a `.npy` keyed by the
-    manifest fingerprint and size, so a second load is a single file read.
-    """
-    _require_columns(manifest, ("path", "sha1", "readable"), "manifest")
-    unreadable = manifest.loc[~manifest["readable"].astype(bool), "path"]
-    if len(unreadable):
-        raise DataError(
-            f"manifest has {len(unreadable)} unreadable rows (first: {unreadable.iloc[0]}); "
-            "keep only readable rows before loading pixels"
-        )
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"pixels-{manifest_fingerprint(manifest)[:20]}-{size}.npy"
-        if cache_file.is_file():
-            cached = np.load(cache_file)
-            if cached.shape == (len(manifest), size, size):
-                return cached
-    source = detect_source(path)
-    if source.kind == "csv":
-        pixels = _csv_pixels(source.csv_file, manifest, size)
-    else:
-        pixels = _folder_pixels(source.root, manifest, size, workers)
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npy")
-        np.save(partial, pixels)
-        os.replace(partial, cache_file)
-    return pixels
 
 
 def load_or_build_manifest(
@@ -218,7 +157,7 @@ def load_or_build_manifest(
     if unexpected:
         raise TypeError(f"unexpected options: {', '.join(sorted(unexpected))}")
     source = detect_source(path)
-    votes_file = Path(votes).expanduser().resolve() if votes is not None else _default_votes_file(source)
+    votes_file = Path(votes).expanduser().resolve() if votes is not None else default_votes_file(source)
     record = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "data_path": str(source.csv_file or source.root),
@@ -236,7 +175,7 @@ def load_or_build_manifest(
             pass  # an unreadable cache is simply rebuilt
     manifest = build_manifest(source.csv_file or source.root, votes=votes_file, workers=workers, **options)
     write_manifest(manifest, manifest_file)
-    _write_atomic(sidecar, json.dumps(record, indent=1))
+    write_atomic(sidecar, json.dumps(record, indent=1))
     return manifest
 
 
@@ -253,8 +192,8 @@ def read_manifest(csv: str | os.PathLike[str]) -> pd.DataFrame:
             na_values={column: [""] for column in VOTE_COLUMNS},
         )
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{csv}: not a manifest CSV ({_one_line(exc)})") from exc
-    _require_columns(manifest, MANIFEST_COLUMNS, str(csv))
+        raise DataError(f"{csv}: not a manifest CSV ({one_line(exc)})") from exc
+    require_columns(manifest, MANIFEST_COLUMNS, str(csv))
     manifest["readable"] = manifest["readable"].astype(str).str.lower() == "true"
     return manifest
 
@@ -262,7 +201,7 @@ def read_manifest(csv: str | os.PathLike[str]) -> pd.DataFrame:
 def write_manifest(manifest: pd.DataFrame, csv: str | os.PathLike[str]) -> Path:
     """Write a manifest as CSV (atomically, creating folders); returns the path."""
     csv = Path(csv)
-    _write_atomic(csv, manifest.to_csv(index=False))
+    write_atomic(csv, manifest.to_csv(index=False))
     return csv
 
 
@@ -313,39 +252,19 @@ def manifest_report(manifest: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def parse_pixel_string(text: str) -> tuple[np.ndarray | None, str]:
-    """Parse a fer2013.csv `pixels` cell into a square uint8 image, or (None, "<reason>: <detail>")."""
-    text = text if isinstance(text, str) else ""
-    try:
-        with warnings.catch_warnings():
-            # Older NumPy only warns when parsing stops at a non-number; make that an error too.
-            warnings.simplefilter("error", DeprecationWarning)
-            values = np.fromstring(text, dtype=np.int64, sep=" ")
-    except (ValueError, DeprecationWarning):
-        bad = next((token for token in text.split() if not token.isdigit()), "?")
-        return None, f"non-numeric pixels: {bad[:20]!r}"
-    side = int(round(len(values) ** 0.5))
-    if len(values) == 0 or side * side != len(values):
-        return None, f"wrong pixel count: {len(values)} values, not a square image (48x48 is 2304)"
-    if values.min() < 0 or values.max() > 255:
-        bad_value = values[(values < 0) | (values > 255)][0]
-        return None, f"pixel out of range: {bad_value} (expected 0-255)"
-    return values.astype(np.uint8).reshape(side, side), ""
-
-
 # --- formats ---------------------------------------------------------------------------------
 
 
 def _csv_manifest(csv_file: Path) -> pd.DataFrame:
-    table = _read_csv(csv_file, dtype=str)
-    _require_columns(table, ("emotion", "pixels", "Usage"), csv_file.name)
+    table = read_csv(csv_file, dtype=str)
+    require_columns(table, ("emotion", "pixels", "Usage"), csv_file.name)
     if table.empty:
         raise DataError(f"{csv_file}: no rows")
     labels = [_csv_label(value, row, csv_file) for row, value in enumerate(table["emotion"])]
     usages = [_csv_usage(value, row, csv_file) for row, value in enumerate(table["Usage"])]
     records = []
     for row, text in enumerate(table["pixels"]):
-        image, error = parse_pixel_string(text)
+        image, error = imaging.parse_pixel_string(text)
         side = image.shape[0] if image is not None else 0
         sha1 = imaging.pixel_sha1(image) if image is not None else ""
         records.append((f"row:{row}", sha1, side, side, 1 if image is not None else 0, image is not None, error))
@@ -375,44 +294,16 @@ def _csv_usage(value: str, row: int, csv_file: Path) -> str:
     )
 
 
-def _csv_pixels(csv_file: Path, manifest: pd.DataFrame, size: int) -> np.ndarray:
-    table = _read_csv(csv_file, dtype=str, usecols=["pixels"])
-    pixels = np.empty((len(manifest), size, size), dtype=np.uint8)
-    for index, (path, sha1) in enumerate(zip(manifest["path"], manifest["sha1"])):
-        match = _ROW_PATH.match(path)
-        if not match or int(match.group(1)) >= len(table):
-            raise DataError(f"{csv_file.name}: manifest row {path!r} is not a row of this CSV")
-        image, error = parse_pixel_string(table["pixels"].iat[int(match.group(1))])
-        if image is None or imaging.pixel_sha1(image) != sha1:
-            raise DataError(f"{csv_file.name} {path}: changed since the manifest was built ({error or 'new pixels'})")
-        pixels[index] = imaging.to_model_input(image, size)
-    return pixels
-
-
 def _folder_manifest(root: Path, workers: int | None) -> pd.DataFrame:
     entries = _scan_folders(root)
     files = [str(root / relative) for relative, *_ in entries]
-    inspected = _map_batches(imaging.inspect_images, files, workers)
+    inspected = map_batches(imaging.inspect_images, files, workers)
     manifest = pd.DataFrame(
         [(*entry, *details) for entry, details in zip(entries, inspected)],
         columns=["path", "label", "split", "usage", "sha1", "height", "width", "channels", "error"],
     )
     manifest.insert(len(manifest.columns) - 1, "readable", manifest["error"] == "")
     return manifest
-
-
-def _folder_pixels(root: Path, manifest: pd.DataFrame, size: int, workers: int | None) -> np.ndarray:
-    files = [str(root / relative) for relative in manifest["path"]]
-    missing = next((f for f in files if not os.path.isfile(f)), None)
-    if missing is not None:
-        raise DataError(f"{missing}: listed in the manifest but missing")
-    try:
-        batches = _map_batches(imaging.load_model_inputs, files, workers, size, flatten=False)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{root}: an image could not be read ({_one_line(exc)}); rebuild the manifest") from exc
-    if not batches:
-        return np.empty((0, size, size), dtype=np.uint8)
-    return np.concatenate(batches)
 
 
 def _scan_folders(root: Path) -> list[tuple[str, str, str, str]]:
@@ -475,44 +366,6 @@ def _stratified_val_split(manifest: pd.DataFrame, val_fraction: float, seed: int
 # --- votes -----------------------------------------------------------------------------------
 
 
-def _default_votes_file(source: DataSource) -> Path | None:
-    if source.kind == "csv":
-        names = FERPLUS_CSV_NAMES
-    else:
-        names = (VOTES_FILENAME,)
-    return next((source.root / name for name in names if (source.root / name).is_file()), None)
-
-
-def _vote_table(table: pd.DataFrame, votes_file: Path) -> pd.DataFrame:
-    by_name = {column.lower().removeprefix("vote_"): column for column in table.columns}
-    missing = [name for name in FERPLUS_NAMES if name.lower() not in by_name]
-    if missing:
-        raise DataError(f"{votes_file}: missing vote column(s) {', '.join(missing)}")
-    votes = pd.DataFrame({f"vote_{name}": table[by_name[name.lower()]] for name in FERPLUS_NAMES})
-    numeric = votes.apply(pd.to_numeric, errors="coerce")
-    bad_rows = np.flatnonzero((numeric.isna() & votes.notna()).any(axis=1).to_numpy())
-    if len(bad_rows):
-        raise DataError(f"{votes_file} row {bad_rows[0]} (line {bad_rows[0] + 2}): vote counts must be numbers")
-    return numeric.astype(np.float64)
-
-
-def _ferplus_row_votes(manifest: pd.DataFrame, table: pd.DataFrame, votes_file: Path, csv_file: Path) -> pd.DataFrame:
-    votes = _vote_table(table, votes_file)
-    rows = manifest["path"].str.removeprefix("row:").astype(int).to_numpy()
-    if len(table) <= rows.max():
-        raise DataError(f"{votes_file}: {len(table)} rows but {csv_file.name} has {rows.max() + 1}; not the same rows")
-    if "Usage" in table.columns:
-        theirs = table["Usage"].astype(str).str.strip().to_numpy()[rows]
-        differs = np.flatnonzero(theirs != manifest["usage"].to_numpy())
-        if len(differs):
-            row = rows[differs[0]]
-            raise DataError(
-                f"{votes_file} row:{row}: Usage {theirs[differs[0]]!r} but {csv_file.name} says "
-                f"{manifest['usage'].iat[differs[0]]!r}; the files are not in the same row order"
-            )
-    return votes.iloc[rows].reset_index(drop=True)
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 
@@ -530,70 +383,22 @@ def _source_signature(source: DataSource, votes_file: Path | None) -> str:
     return digest.hexdigest()
 
 
-def _map_batches(
+def map_batches(
     function: Callable[..., Any], items: list[str], workers: int | None, *args: Any, flatten: bool = True
 ) -> list[Any]:
     """Apply a batch function over `items` in worker processes (in order), or inline when small."""
-    workers = workers or min(_available_cores(), 8)
+    workers = workers or min(available_cores(), 8)
     if workers <= 1 or len(items) < MIN_FILES_FOR_POOL:
         batches = [function(items, *args)] if items else []
     else:
         batch_size = max(256, -(-len(items) // (workers * 8)))
-        chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
-        context = multiprocessing.get_context(_start_method())
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            batches = list(pool.map(function, chunks, *[[arg] * len(chunks) for arg in args]))
+        batches = map_in_processes(function, list(chunks(items, batch_size)), workers, *args)
     if not flatten:
         return batches
     return [result for batch in batches for result in batch]
-
-
-def _start_method() -> str:
-    """fork while single-threaded (works from unguarded scripts), else spawn.
-
-    Forking a process with other threads (a Jupyter kernel, TensorFlow's pools) can copy a lock
-    some thread holds and hang the child; spawn starts clean but needs an importable __main__.
-    """
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        return "fork"
-    return "spawn"
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _read_csv(csv_file: Path, **kwargs: Any) -> pd.DataFrame:
-    try:
-        return pd.read_csv(csv_file, **kwargs)
-    except FileNotFoundError as exc:
-        raise DataError(f"{csv_file}: file not found") from exc
-    except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{csv_file}: empty file (no header, no rows)") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as exc:
-        raise DataError(f"{csv_file}: not a readable CSV ({_one_line(exc)})") from exc
-
-
-def _require_columns(table: pd.DataFrame, columns: Iterable[str], name: str) -> None:
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        found = ", ".join(map(str, table.columns)) or "none"
-        raise DataError(f"{name}: missing column(s) {', '.join(missing)} (found: {found})")
 
 
 def _is_csv(path: Path) -> bool:
     return path.name.lower().endswith((".csv", ".csv.gz"))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -50,9 +50,6 @@ class AugmentConfig:
     @property
     def enabled(self) -> bool:
         return any((self.crop, self.hflip, self.affine, self.brightness_contrast, self.dropout))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def build_pipeline(config: AugmentConfig, image_size: int, seed: int | None = None) -> A.Compose:

@@ -93,10 +93,6 @@ class PlannedPhase:
         """Phase name and cycle, e.g. `head#2`: what metrics and checkpoints are labelled with."""
         return f"{self.phase.name}#{self.cycle}"
 
-    @property
-    def epochs(self) -> range:
-        return range(self.first_epoch, self.last_epoch + 1)
-
 
 @dataclass(frozen=True)
 class Schedule:
