@@ -8,18 +8,25 @@ PARAMS ?= $(if $(DATA),params/default.yaml,params/ci.yaml)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test lab ui bench clean
+.PHONY: setup lock demo test lab ui bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The locked versions first, then fer-lab itself without letting pip re-resolve anything.
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e ".[dev]"
 	# face-recognition's metadata asks for `dlib` (a long source build); dlib-bin above provides it prebuilt.
 	$(BIN)/python -m pip install --quiet --no-deps "face-recognition==1.3.0"
 	$(BIN)/python -m ipykernel install --sys-prefix --name fer-lab --display-name "fer-lab (Python 3.11)" >/dev/null
 	touch $(STAMP)
+
+lock: setup  ## rewrite requirements.lock from the installed environment (after changing pyproject.toml)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	{ sed -n '1,3p' requirements.lock; $(BIN)/python -m pip freeze --all --exclude-editable | grep -viE '^(face.recognition|fer-lab|pip)=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 demo: setup  ## the whole notebook pipeline on the embedded sample, or DATA=path on a real dataset
 	$(BIN)/fer-lab run $(if $(DATA),--data $(DATA)) --params $(PARAMS)

@@ -26,3 +26,20 @@ def test_makefile_installs_face_recognition_without_its_dlib_source_build():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"pip install .*--no-deps .*face-recognition", makefile)
     assert "dlib-bin" in (ROOT / "pyproject.toml").read_text()
+
+
+def test_lock_pins_every_dependency_within_its_constraints():
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"]:
+        requirement = Requirement(text)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not locked"
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {text}"
+    assert "face-recognition" not in pins and "dlib" not in pins  # installed --no-deps, as dlib-bin
