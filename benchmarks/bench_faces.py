@@ -33,7 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fer_lab import data, faces, filtering  # noqa: E402
+from fer_lab import data  # noqa: E402
+from fer_lab._shared import available_cores  # noqa: E402
+from fer_lab.faces import detection, filtering  # noqa: E402
+from fer_lab.faces.detector import import_quietly  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -42,27 +45,27 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def naive_rate(images: list, settings: faces.DetectorSettings) -> tuple[float, float, int]:
+def naive_rate(images: list, settings: detection.DetectorSettings) -> tuple[float, float, int]:
     """Images per wall-clock and per CPU second of a single-process face_locations loop, and faces found.
 
     `images` are file paths (decoded inside the loop, as a naive script would) or pixel arrays.
     """
-    face_recognition = faces.import_quietly("face_recognition")
+    face_recognition = import_quietly("face_recognition")
     found = 0
     started, cpu = time.perf_counter(), time.process_time()
     for image in images:
         pixels = face_recognition.load_image_file(image, mode="L") if isinstance(image, Path) else image
-        found += bool(face_recognition.face_locations(faces.prepare(pixels, settings),
+        found += bool(face_recognition.face_locations(detection.prepare(pixels, settings),
                                                       number_of_times_to_upsample=settings.upsample, model="hog"))
     return len(images) / (time.perf_counter() - started), len(images) / (time.process_time() - cpu), found
 
 
-def hog_limit_rate(pixels: list, settings: faces.DetectorSettings) -> float:
+def hog_limit_rate(pixels: list, settings: detection.DetectorSettings) -> float:
     """Images per CPU second of dlib's HOG detector alone, on images prepared outside the clock."""
     import dlib
 
     detector = dlib.get_frontal_face_detector()
-    prepared = [faces.prepare(image, settings) for image in pixels]
+    prepared = [detection.prepare(image, settings) for image in pixels]
     cpu = time.process_time()
     for image in prepared:
         detector.run(image, settings.upsample, settings.score_floor)
@@ -75,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images (default: all)")
     parser.add_argument("--naive-limit", type=int, default=2000, help="images timed for the naive loop (default 2000)")
     parser.add_argument("--workers", type=int, default=None, help="fer_lab detector processes (default: all cores)")
-    parser.add_argument("--size", type=int, default=faces.DetectorSettings().size)
-    parser.add_argument("--padding", type=float, default=faces.DetectorSettings().padding)
-    parser.add_argument("--upsample", type=int, default=faces.DetectorSettings().upsample)
+    parser.add_argument("--size", type=int, default=detection.DetectorSettings().size)
+    parser.add_argument("--padding", type=float, default=detection.DetectorSettings().padding)
+    parser.add_argument("--upsample", type=int, default=detection.DetectorSettings().upsample)
     args = parser.parse_args(argv)
-    settings = faces.DetectorSettings(size=args.size, padding=args.padding, upsample=args.upsample)
+    settings = detection.DetectorSettings(size=args.size, padding=args.padding, upsample=args.upsample)
 
     started = time.perf_counter()
     manifest = data.build_manifest(args.data)
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         manifest = manifest.iloc[: args.limit].reset_index(drop=True)
     print(f"manifest: {len(manifest)} images ({manifest['sha1'].nunique()} distinct) in "
-          f"{time.perf_counter() - started:.1f} s; {faces.available_cores()} cores, load average "
+          f"{time.perf_counter() - started:.1f} s; {available_cores()} cores, load average "
           f"{os.getloadavg()[0]:.1f} (other work on the machine slows every number below)")
     print(f"settings: {settings.label()}")
 
@@ -96,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         filtered, fresh = filtering.filter_manifest(manifest, args.data, settings, work_dir=work_dir,
                                                     workers=args.workers, progress=True)
         fresh_seconds, fresh_cpu = time.perf_counter() - started, cpu_seconds() - cpu
-        pooled = fresh.computed >= faces.MIN_IMAGES_FOR_POOL
-        cores = args.workers or (faces.available_cores() if pooled else 1)
+        pooled = fresh.computed >= detection.MIN_IMAGES_FOR_POOL
+        cores = args.workers or (available_cores() if pooled else 1)
         ours, ours_cpu = len(manifest) / fresh_seconds, len(manifest) / fresh_cpu
         print(f"fer_lab, fresh cache: {fresh_seconds:.1f} s for {len(manifest)} images ({fresh.computed} detected, "
               f"pixels read included) = {ours:.0f} images/s; kept {int(filtered['keep'].sum())}")
@@ -119,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({found} with a face at "
           f"threshold 0), {len(manifest) / naive:.0f} s extrapolated to all {len(manifest)}; "
           f"{naive_cpu:.0f} images per CPU second")
-    limit = hog_limit_rate(pixels, settings) * faces.available_cores()
+    limit = hog_limit_rate(pixels, settings) * available_cores()
     print(f"speed-up, wall clock: {ours / naive:.1f}x fresh, {len(manifest) / naive / cached_seconds:.0f}x cached")
     print(f"speed-up, idle-machine estimate: {ours_cpu * cores / naive_cpu:.1f}x fresh on {cores} cores")
-    print(f"hardware limit (bare HOG on prepared images, {faces.available_cores()} cores): {limit:.0f} images/s; "
+    print(f"hardware limit (bare HOG on prepared images, {available_cores()} cores): {limit:.0f} images/s; "
           f"fer_lab reaches {ours / limit:.0%} on wall clock, {ours_cpu * cores / limit:.0%} on the idle estimate")
     return 0
 

@@ -34,22 +34,26 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from fer_lab import data, faces, models, predict, preprocess, project, sample, video  # noqa: E402
+from fer_lab import data, project  # noqa: E402
+from fer_lab.apply import demo, inference, video, video_io  # noqa: E402
+from fer_lab.data import imaging, synthetic  # noqa: E402
+from fer_lab.faces.detector import DetectorConfig, FaceDetector, import_quietly  # noqa: E402
+from fer_lab.training import models  # noqa: E402
 
 RECIPE = project.PARAMS_DIR / "fer2013-cpu.yaml"
 
 
-def recipe_model() -> predict.LoadedModel:
+def recipe_model() -> inference.LoadedModel:
     """The CPU recipe's architecture with random weights."""
     values = yaml.safe_load(RECIPE.read_text())["notebooks"]["03_train"]
     config = models.model_config_from_params(values["backbone"], values["image_size"], "none", values["head"],
                                              values["cnn"])
-    return predict.LoadedModel(models.build_model(config, len(data.CLASSES)), data.CLASSES, "random recipe CNN")
+    return inference.LoadedModel(models.build_model(config, len(data.CLASSES)), data.CLASSES, "random recipe CNN")
 
 
 def dataset_faces(data_dir: str, count: int = 400) -> tuple[np.ndarray, list[str]]:
     """The first `count` readable training images and their labels."""
-    data_path = sample.resolve_dataset(data_dir)
+    data_path = synthetic.resolve_dataset(data_dir)
     manifest = data.build_manifest(data_path)
     rows = manifest[manifest["readable"] & (manifest["split"] == "train")].head(count).reset_index(drop=True)
     return data.load_pixels(data_path, rows), rows["label"].tolist()
@@ -57,26 +61,26 @@ def dataset_faces(data_dir: str, count: int = 400) -> tuple[np.ndarray, list[str
 
 def decode_rate(path: Path, sample_fps: float) -> float:
     """Sampled frames per second when the reader does nothing else."""
-    reader = video.VideoReader(path)
+    reader = video_io.VideoReader(path)
     started = time.perf_counter()
     count = sum(1 for _ in reader.sampled(min(sample_fps, reader.fps), None))
     reader.release()
     return count / (time.perf_counter() - started)
 
 
-def naive_rate(path: Path, loaded: predict.LoadedModel, sample_fps: float) -> tuple[float, int]:
+def naive_rate(path: Path, loaded: inference.LoadedModel, sample_fps: float) -> tuple[float, int]:
     """Sampled frames per second and faces found by a per-frame detect-then-predict-each-face loop."""
-    face_recognition = faces.import_quietly("face_recognition")
-    reader = video.VideoReader(path)
+    face_recognition = import_quietly("face_recognition")
+    reader = video_io.VideoReader(path)
     size = loaded.input_size
     loaded.model.predict(np.zeros((1, size, size, 1), np.float32), verbose=0)  # compile outside the clock
     frames = found = 0
     started = time.perf_counter()
     for _, frame in reader.sampled(min(sample_fps, reader.fps), None):
         rgb = np.ascontiguousarray(frame[:, :, ::-1])
-        gray = preprocess.to_gray(rgb)
+        gray = imaging.to_gray(rgb)
         for top, right, bottom, left in face_recognition.face_locations(rgb):
-            pixels = preprocess.to_model_input(gray[max(0, top):bottom, max(0, left):right], size)
+            pixels = imaging.to_model_input(gray[max(0, top):bottom, max(0, left):right], size)
             loaded.model.predict(pixels[None, ..., None].astype(np.float32), verbose=0)
             found += 1
         frames += 1
@@ -92,24 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="a run id or model URI (default: the recipe's CNN, random weights)")
     args = parser.parse_args(argv)
 
-    loaded = predict.load_model(args.model) if args.model else recipe_model()
+    loaded = inference.load_model(args.model) if args.model else recipe_model()
     images, labels = dataset_faces(args.data)
-    detector = predict.FaceDetector(predict.DetectorConfig(max_side=video.VIDEO_MAX_SIDE))
+    detector = FaceDetector(DetectorConfig(max_side=video.VIDEO_MAX_SIDE))
     with tempfile.TemporaryDirectory() as work_dir:
-        demo = video.make_demo_inputs(work_dir, images, labels, seconds=args.seconds, detector=detector)
-        print(f"{demo.video.name}: 640x360, 30 fps, {args.seconds:g} s; sampled at {args.sample_fps:g} fps; "
+        inputs = demo.make_demo_inputs(work_dir, images, labels, seconds=args.seconds, detector=detector)
+        print(f"{inputs.video.name}: 640x360, 30 fps, {args.seconds:g} s; sampled at {args.sample_fps:g} fps; "
               f"model {loaded.reference} ({loaded.input_size} px); {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}")
-        ceiling = decode_rate(demo.video, args.sample_fps)
+        ceiling = decode_rate(inputs.video, args.sample_fps)
         rates = {}
         for detect_every in (2, 1):
-            predictor = predict.Predictor(loaded, detector)
-            analysis = video.analyze_video(demo.video, predictor, sample_fps=args.sample_fps, detect_every=detect_every)
+            predictor = inference.Predictor(loaded, detector)
+            analysis = video.analyze_video(inputs.video, predictor, sample_fps=args.sample_fps, detect_every=detect_every)
             rates[detect_every] = analysis.processing_fps
             found = int(analysis.frames["face_id"].notna().sum())
             print(f"fer_lab, detection every {detect_every} sampled frame(s): {analysis.processing_fps:6.1f} frames/s "
                   f"({analysis.sampled} frames, {found} face rows, {analysis.frames['face_id'].nunique()} faces)")
-        naive, naive_faces = naive_rate(demo.video, loaded, args.sample_fps)
+        naive, naive_faces = naive_rate(inputs.video, loaded, args.sample_fps)
         print(f"naive face_locations + predict per face: {naive:6.1f} frames/s ({naive_faces} faces)")
         print(f"decoding alone (the ceiling):            {ceiling:6.1f} frames/s")
     ours = rates[2]

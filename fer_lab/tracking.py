@@ -1,27 +1,42 @@
-"""MLflow tracking shared by the notebooks and the pipeline runner."""
+"""The one home of MLflow: where runs are tracked, how they are found, and how models go in and out.
+
+Every other module reaches MLflow through these functions, so MLflow's API, its search syntax and the
+model flavour are handled here once. A base module: it knows notebooks only by their runs' `notebook` tag."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import mlflow
-from mlflow.entities import RunStatus
+import pandas as pd
+from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from fer_lab import __version__, project
+from fer_lab._shared import chunks, one_line
+from fer_lab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    import pandas as pd
     from matplotlib.figure import Figure
 
 DEFAULT_EXPERIMENT = "fer-lab"
+TRAIN_NOTEBOOK = "03_train"  # the notebook whose runs hold the models and, after 04, their test numbers
+MODEL_ARTIFACT = "model"
 UNFINISHED = ("RUNNING", "FAILED", "KILLED", "SCHEDULED")
+PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+METRICS_PER_REQUEST = 500  # MLflow accepts at most 1000 metrics per request
+_RUN_ID = re.compile(r"^[0-9A-Za-z_-]+$")
 
 
+# --- the store ----------------------------------------------------------------------------------
 def default_tracking_uri() -> str:
     """The project's own store: an sqlite database with artifacts beside it under mlruns/."""
     return f"sqlite:///{project.MLRUNS_DIR / 'mlflow.db'}"
@@ -73,16 +88,7 @@ def base_tags() -> dict[str, str]:
     return {"git_commit": git_commit(), "fer_lab_version": __version__}
 
 
-def _resumable_run(experiment: str, notebook: str, run_name: str) -> str | None:
-    """The newest unfinished run of `notebook` named `run_name`, if any."""
-    runs = MlflowClient().search_runs(
-        [experiment],
-        filter_string=f"tags.notebook = '{notebook}' and attributes.run_name = '{run_name}'",
-        order_by=["attributes.start_time DESC"],
-    )
-    return next((run.info.run_id for run in runs if run.info.status in UNFINISHED), None)
-
-
+# --- runs ---------------------------------------------------------------------------------------
 def start_notebook_run(
     notebook: str,
     params: Mapping[str, Any],
@@ -96,6 +102,17 @@ def start_notebook_run(
 
     The run stays active for the rest of the notebook; the pipeline runner later adds the executed
     notebook to it and sets its final status.
+
+    Args:
+        notebook: The notebook's name, logged as tag `notebook`.
+        params: The parameters to log (long values are cut to MLflow's limit).
+        tracking_uri: The store; empty: see `configure`.
+        experiment: The experiment's name, created when missing.
+        parent_run_id: The pipeline run this run belongs to, if any.
+        run_name: Names the run; an unfinished run of `notebook` with this name is resumed.
+
+    Returns:
+        The active run.
     """
     exp_id = experiment_id(experiment, tracking_uri)
     mlflow.set_experiment(experiment_id=exp_id)
@@ -109,45 +126,67 @@ def start_notebook_run(
     else:
         run = mlflow.start_run(run_name=run_name or notebook, parent_run_id=parent_run_id or None)
     mlflow.set_tags({**base_tags(), "notebook": notebook, "resumed": str(bool(resumed)).lower()})
-    mlflow.log_params({key: _param_value(value) for key, value in params.items()})
+    log_params(params)
     return run
 
 
-def _param_value(value: Any) -> str:
-    """MLflow params are strings of bounded length; long values are cut rather than rejected."""
-    text = str(value)
-    return text if len(text) <= 6000 else text[:5997] + "..."
+def _resumable_run(exp_id: str, notebook: str, run_name: str) -> str | None:
+    """The newest unfinished run of `notebook` named `run_name`, if any."""
+    runs = MlflowClient().search_runs(
+        [exp_id], filter_string=search_filter(tags={"notebook": notebook}, run_name=run_name),
+        order_by=["attributes.start_time DESC"],
+    )
+    return next((run.info.run_id for run in runs if run.info.status in UNFINISHED), None)
 
 
-def tag_dataset(manifest: "pd.DataFrame") -> str:
-    """Tag the active run with the manifest's fingerprint, and its pipeline parent unless already tagged.
-
-    The parent keeps the first fingerprint it gets (01's full manifest), not a later filtered one.
-    """
-    from fer_lab.data import manifest_fingerprint
-
-    fingerprint = manifest_fingerprint(manifest)
+def active_run_id() -> str:
+    """The id of the active run ("" when there is none)."""
     run = mlflow.active_run()
-    if run is not None:
-        mlflow.set_tag("dataset_fingerprint", fingerprint)
+    return run.info.run_id if run is not None else ""
+
+
+def create_run(exp_id: str, run_name: str, tags: Mapping[str, str]) -> str:
+    """Create a run without making it active (the runner's pipeline parent, a notebook that never started one)."""
+    return MlflowClient().create_run(exp_id, run_name=run_name, tags=dict(tags)).info.run_id
+
+
+def notebook_run(exp_id: str, parent_run_id: str, notebook: str) -> str:
+    """The run `notebook` started under `parent_run_id`, or a new one holding a notebook that never got there."""
+    runs = MlflowClient().search_runs(
+        [exp_id], filter_string=search_filter(tags={"notebook": notebook}, parent_run_id=parent_run_id),
+        order_by=["attributes.start_time DESC"],
+    )
+    if runs:
+        return runs[0].info.run_id
+    return create_run(exp_id, notebook, {**base_tags(), "notebook": notebook, "mlflow.parentRunId": parent_run_id})
+
+
+def finish_run(run_id: str, ok: bool) -> None:
+    """Set a run's final status (the runner calls this once the notebook's kernel has exited)."""
+    status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+# --- logging: to the active run, or to `run_id` ------------------------------------------------------
+def log_params(params: Mapping[str, Any], run_id: str = "") -> None:
+    """Log parameters to the active run, or to `run_id`; values over MLflow's 6000 characters are cut."""
+    texts = {key: str(value) for key, value in params.items()}
+    values = {key: text if len(text) <= 6000 else text[:5997] + "..." for key, text in texts.items()}
+    if run_id:
+        for key, value in values.items():
+            MlflowClient().log_param(run_id, key, value)
+    else:
+        mlflow.log_params(values)
+
+
+def set_tags(tags: Mapping[str, Any], run_id: str = "") -> None:
+    """Set tags on the active run, or on `run_id` (which may be finished)."""
+    if run_id:
         client = MlflowClient()
-        parent = client.get_run(run.info.run_id).data.tags.get("mlflow.parentRunId")
-        if parent and "dataset_fingerprint" not in client.get_run(parent).data.tags:
-            client.set_tag(parent, "dataset_fingerprint", fingerprint)
-    return fingerprint
-
-
-def log_figure(fig: "Figure", name: str) -> None:
-    """Log a matplotlib figure under `figures/` of the active run."""
-    mlflow.log_figure(fig, f"figures/{name if name.endswith('.png') else name + '.png'}")
-
-
-def log_table(table: "pd.DataFrame", name: str) -> None:
-    """Log a DataFrame as a CSV artifact under `tables/` of the active run."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / (name if name.endswith(".csv") else name + ".csv")
-        table.to_csv(path, index=False)
-        mlflow.log_artifact(str(path), "tables")
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+    else:
+        mlflow.set_tags(dict(tags))
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -164,7 +203,247 @@ def _is_number(value: Any) -> bool:
     return number == number and abs(number) != float("inf")
 
 
-def finish_run(run_id: str, ok: bool) -> None:
-    """Set a run's final status (the runner calls this once the notebook's kernel has exited)."""
-    status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
-    MlflowClient().set_terminated(run_id, status=status)
+def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None, run_id: str = "") -> None:
+    """Log one file to the active run, or to `run_id`, under `artifact_path`."""
+    if run_id:
+        MlflowClient().log_artifact(run_id, str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_artifacts(folder: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    """Log every file under `folder` to the active run, under `artifact_path`."""
+    mlflow.log_artifacts(str(folder), artifact_path)
+
+
+def log_figure(fig: "Figure", name: str) -> None:
+    """Log a matplotlib figure under `figures/` of the active run."""
+    mlflow.log_figure(fig, f"figures/{name if name.endswith('.png') else name + '.png'}")
+
+
+def log_table(table: pd.DataFrame, name: str) -> None:
+    """Log a DataFrame as a CSV artifact under `tables/` of the active run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / (name if name.endswith(".csv") else name + ".csv")
+        table.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), "tables")
+
+
+def tag_dataset(fingerprint: str) -> str:
+    """Tag the active run with a manifest's fingerprint, and its pipeline parent unless already tagged.
+
+    The parent keeps the first fingerprint it gets (01's full manifest), not a later filtered one.
+    """
+    if not isinstance(fingerprint, str):  # the old call passed the manifest, which MLflow would stringify
+        raise ConfigError("pass the fingerprint: tracking.tag_dataset(data.manifest_fingerprint(manifest))")
+    run = mlflow.active_run()
+    if run is not None:
+        mlflow.set_tag("dataset_fingerprint", fingerprint)
+        client = MlflowClient()
+        parent = client.get_run(run.info.run_id).data.tags.get("mlflow.parentRunId")
+        if parent and "dataset_fingerprint" not in client.get_run(parent).data.tags:
+            client.set_tag(parent, "dataset_fingerprint", fingerprint)
+    return fingerprint
+
+
+def log_to_run(run_id: str, metrics: Mapping[str, float], artifacts: Sequence[str | os.PathLike[str]] = (),
+               tags: Mapping[str, str] | None = None) -> None:
+    """Add metrics, tags and files to another run, which may be finished.
+
+    04_evaluate records its numbers on the training run this way, so that 05_compare finds them next
+    to the parameters that produced them.
+
+    Args:
+        run_id: The run to add to.
+        metrics: Logged at step 0; values that are not finite numbers are skipped.
+        artifacts: Files logged at the run's artifact root.
+        tags: Tags to set.
+
+    Returns:
+        None; the run's status is left as it is.
+    """
+    client = MlflowClient()
+    set_tags(tags or {}, run_id)
+    stamp = int(time.time() * 1000)
+    batch = [Metric(key, float(value), stamp, 0) for key, value in metrics.items() if _is_number(value)]
+    for part in chunks(batch, METRICS_PER_REQUEST):
+        client.log_batch(run_id, metrics=list(part))
+    for artifact in artifacts:
+        client.log_artifact(run_id, str(artifact))
+
+
+# --- finding runs and reading them back ----------------------------------------------------------
+def _quote(value: Any) -> str:
+    """`value` as a string literal of MLflow's search syntax, which has no escape for a quote: a value
+    holding `'` goes in double quotes; one holding both, or ending in a backslash (which would escape
+    the closing quote), cannot be written and is refused."""
+    text = str(value)
+    quote = "'" if "'" not in text else '"'
+    if quote in text or text.endswith("\\"):
+        raise ConfigError(f"cannot search MLflow for {text!r}: a value may hold ' or \" but not both, "
+                          "and may not end with a backslash")
+    return f"{quote}{text}{quote}"
+
+
+def _key(name: str) -> str:
+    if "`" in name or not name.strip():
+        raise ConfigError(f"cannot search MLflow for key {name!r}: keys may not be empty or hold backticks")
+    return f"`{name}`"
+
+
+def search_filter(*, tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+                  parent_run_id: str = "", run_name: str = "", finished_only: bool = False) -> str:
+    """An MLflow filter string matching runs that have all of the given tags, params and attributes.
+
+    Args:
+        tags: Tag values the runs must carry.
+        params: Parameter values the runs must have (compared as strings).
+        parent_run_id: When set, only children of this run.
+        run_name: When set, only runs of this name.
+        finished_only: Only runs whose status is FINISHED.
+
+    Returns:
+        The clauses joined with `and` ("" for no condition); every value is quoted safely.
+    """
+    clauses = [f"tags.{_key(key)} = {_quote(value)}" for key, value in (tags or {}).items()]
+    clauses += [f"params.{_key(key)} = {_quote(value)}" for key, value in (params or {}).items()]
+    if parent_run_id:
+        clauses.append(f"tags.`mlflow.parentRunId` = {_quote(parent_run_id)}")
+    if run_name:
+        clauses.append(f"attributes.run_name = {_quote(run_name)}")
+    if finished_only:
+        clauses.append("attributes.status = 'FINISHED'")
+    return " and ".join(clauses)
+
+
+def find_runs(experiment: str, *, run_ids: Sequence[str] = (), parent_run_id: str = "",
+              tags: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None,
+              finished_only: bool = False, max_runs: int = 20) -> pd.DataFrame:
+    """Training runs of `experiment`, newest first, one row per run as `mlflow.search_runs` returns them.
+
+    Args:
+        experiment: The experiment's name (none of that name: no runs).
+        run_ids: Picks runs explicitly, in this order; the other filters are then ignored.
+        parent_run_id: Only children of this pipeline run.
+        tags: Tags the runs must carry besides `notebook=03_train`.
+        params: Parameters the runs must have.
+        finished_only: Only finished runs.
+        max_runs: At most this many runs.
+
+    Returns:
+        Columns `run_id`, `status`, `params.*`, `metrics.*`, `tags.*` and the other run attributes.
+    """
+    if run_ids:
+        bad = [run_id for run_id in run_ids if not _RUN_ID.match(str(run_id))]
+        if bad:
+            raise ConfigError(f"{bad} are not MLflow run ids")
+        runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas",
+                                  filter_string=f"attributes.run_id IN ({', '.join(map(_quote, run_ids))})")
+        missing = sorted(set(run_ids) - set(runs["run_id"])) if not runs.empty else sorted(run_ids)
+        if missing:
+            raise ConfigError(f"runs {missing} are not in experiment {experiment!r}")
+        return runs.set_index("run_id").loc[list(run_ids)].reset_index()
+    return mlflow.search_runs(
+        experiment_names=[experiment], output_format="pandas", max_results=max_runs,
+        filter_string=search_filter(tags={"notebook": TRAIN_NOTEBOOK, **(tags or {})}, params=params,
+                                    parent_run_id=parent_run_id, finished_only=finished_only),
+        order_by=["attributes.start_time DESC"])
+
+
+def training_run_of(parent_run_id: str, experiment: str) -> str:
+    """The 03_train run created under pipeline run `parent_run_id` ("" when the pipeline did not get there)."""
+    runs = find_runs(experiment, parent_run_id=parent_run_id, max_runs=1)
+    return str(runs["run_id"].iloc[0]) if not runs.empty else ""
+
+
+def resolve_training_run(experiment: str, parent_run_id: str = "", run_id: str = "") -> str:
+    """The training run to use: `run_id` when given, else the 03_train run under `parent_run_id`,
+    else the experiment's latest finished 03_train run."""
+    if run_id:
+        return run_id
+    found = training_run_of(parent_run_id, experiment) if parent_run_id else ""
+    if not found:
+        runs = find_runs(experiment, finished_only=True, max_runs=1)
+        found = str(runs["run_id"].iloc[0]) if not runs.empty else ""
+    if not found:
+        raise ConfigError(f"experiment {experiment!r} has no finished {TRAIN_NOTEBOOK} run to evaluate; "
+                          f"run {TRAIN_NOTEBOOK} first or pass model_run_id")
+    return found
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """The parameters run `run_id` logged."""
+    return dict(MlflowClient().get_run(run_id).data.params)
+
+
+def metric_history(run_ids: Sequence[str], key: str, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Long table (run, step, value) of metric `key` over steps for each run; runs without it are skipped."""
+    client = MlflowClient()
+    rows = []
+    for run_id, name in zip(run_ids, names if names is not None else run_ids):
+        for point in client.get_metric_history(run_id, key):
+            rows.append({"run": name, "step": point.step, "value": point.value})
+    return pd.DataFrame(rows, columns=["run", "step", "value"])
+
+
+def load_csv_artifact(run_id: str, artifact: str) -> pd.DataFrame:
+    """The CSV file `artifact` of run `run_id`, read with empty cells kept as empty strings."""
+    # patch.dict restores the variable afterwards; MLflow's progress bar would fill notebook outputs.
+    with tempfile.TemporaryDirectory() as scratch, mock.patch.dict(os.environ, {PROGRESS_BAR_VARIABLE: "false"}):
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=scratch)
+        except Exception as error:  # MLflow raises several types for a missing run or artifact
+            raise DataError(f"run {run_id} has no artifact {artifact} ({type(error).__name__})") from error
+        return pd.read_csv(Path(local), keep_default_na=False)
+
+
+# --- models ---------------------------------------------------------------------------------------
+def log_model(model: Any, labels: Sequence[str]) -> str:
+    """Log a Keras model to the active run at `model` (Keras 3 flavour, pyfunc-loadable); return its URI.
+
+    Its signature is the model's input, (N, size, size, 1) float32 pixels, and the class probabilities.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    input_size = int(model.input_shape[1])
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, input_size, input_size, 1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)))]),
+    )
+    info = mlflow.keras.log_model(
+        model, name=MODEL_ARTIFACT, signature=signature,
+        metadata={"labels": list(labels), "input_size": input_size},
+        # Pinned here: inferring requirements would load the model again in a subprocess.
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+    )
+    return info.model_uri
+
+
+def _load_keras(uri: str, failure: str) -> tuple[Any, dict[str, Any]]:
+    try:
+        info = mlflow.models.get_model_info(uri)
+        model = mlflow.keras.load_model(uri)
+    except Exception as error:  # MLflow raises several types for a missing run, model or registry entry
+        raise ConfigError(f"{failure}: {one_line(error)[:300]}") from error
+    return model, dict(info.metadata or {})
+
+
+def load_model(uri: str) -> tuple[Any, dict[str, Any]]:
+    """A Keras model from any MLflow model URI (`runs:/`, `models:/`, a folder) and its metadata."""
+    return _load_keras(uri, f"cannot load model {uri!r}")
+
+
+def load_run_model(run_id: str, tracking_uri: str = "") -> tuple[Any, list[str]]:
+    """The model a 03_train run logged, with its class labels in output order."""
+    if tracking_uri:
+        configure(tracking_uri)
+    uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    model, metadata = _load_keras(uri, f"run {run_id} has no loadable model at {MODEL_ARTIFACT}")
+    labels = metadata.get("labels")
+    if not labels:
+        raise ConfigError(f"model of run {run_id} carries no labels in its metadata")
+    return model, list(labels)

@@ -11,7 +11,7 @@ import pytest
 
 from fer_lab import project, tracking
 from fer_lab.analysis import compare
-from fer_lab.errors import FerLabError
+from fer_lab.errors import ConfigError, FerLabError
 from fer_lab.pipeline import experiments, runner
 from fer_lab.training import schedule
 
@@ -144,16 +144,16 @@ def store(filled_store):
 
 def test_find_runs_filters(store) -> None:
     experiment, parent, runs = store
-    children = compare.find_runs(experiment, parent_run_id=parent)
+    children = tracking.find_runs(experiment, parent_run_id=parent)
     assert set(children["run_id"]) == {runs["small"], runs["large"]}
-    b2 = compare.find_runs(experiment, params={"backbone": "B2"})
+    b2 = tracking.find_runs(experiment, params={"backbone": "B2"})
     assert b2["run_id"].tolist() == [runs["large"]]
-    tagged = compare.find_runs(experiment, tags={"variant": "small"})
+    tagged = tracking.find_runs(experiment, tags={"variant": "small"})
     assert tagged["run_id"].tolist() == [runs["small"]]
-    picked = compare.find_runs(experiment, run_ids=[runs["large"], runs["older"]])
+    picked = tracking.find_runs(experiment, run_ids=[runs["large"], runs["older"]])
     assert picked["run_id"].tolist() == [runs["large"], runs["older"]]
     with pytest.raises(FerLabError, match="not in experiment"):
-        compare.find_runs(experiment, run_ids=["0" * 32])
+        tracking.find_runs(experiment, run_ids=["0" * 32])
 
 
 def test_default_runs_fall_back_to_latest_finished(store) -> None:
@@ -165,13 +165,13 @@ def test_default_runs_fall_back_to_latest_finished(store) -> None:
 
 def test_table_curves_recall_and_mcnemar_from_store(store) -> None:
     experiment, parent, runs = store
-    found = compare.find_runs(experiment, parent_run_id=parent)
+    found = tracking.find_runs(experiment, parent_run_id=parent)
     table = compare.comparison_table(found)
     assert "backbone" in table.columns and "epochs" not in table.columns  # only differing params
     assert sorted(table["test_accuracy"].round(4)) == [round(4 / 6, 4), 1.0]
     names = compare.run_names(found)
     assert all(name.startswith(("small (", "large (")) for name in names)
-    history = compare.metric_history(found["run_id"].tolist(), "val_accuracy", names.tolist())
+    history = tracking.metric_history(found["run_id"].tolist(), "val_accuracy", names.tolist())
     assert len(history) == 6 and history["value"].max() == pytest.approx(0.8)
     recall = compare.per_class_recall(found)
     assert list(recall.index) == ["a", "b"] and len(recall.columns) == 2
@@ -184,6 +184,29 @@ def test_table_curves_recall_and_mcnemar_from_store(store) -> None:
     assert pairwise.loc[0, "only_b_correct"] == 2
     with pytest.raises(FerLabError, match="04_evaluate"):
         compare.load_predictions(runs["older"])
+
+
+def test_select_runs_from_the_notebook_parameters(store) -> None:
+    experiment, parent, runs = store
+    named = compare.select_runs(experiment, f"{runs['large']}, {runs['older']}")
+    assert named["run_id"].tolist() == [runs["large"], runs["older"]]  # named runs keep their order
+    children = compare.select_runs(experiment, parent_run_id=parent)
+    assert children["run_id"].tolist() == [runs["small"], runs["large"]]  # oldest first
+    assert compare.select_runs(experiment, filter_params="backbone=B2")["run_id"].tolist() == [runs["large"]]
+    with pytest.raises(ConfigError, match="no training runs to compare"):
+        compare.select_runs(experiment, filter_tags="variant=Bob's")
+
+
+def test_mcnemar_against_the_baseline_skips_runs_without_predictions(store) -> None:
+    experiment, _, runs = store
+    chosen = compare.select_runs(experiment, ",".join(runs[name] for name in ("older", "small", "large")))
+    with pytest.warns(compare.MissingPredictionsWarning, match="04_evaluate"):
+        predictions = compare.load_run_predictions(chosen)
+    names = compare.run_names(chosen).tolist()
+    assert list(predictions) == names[1:]
+    tests = compare.mcnemar_against(predictions, names[1])
+    assert list(tests) == [names[2]] and (tests[names[2]].only_a, tests[names[2]].only_b) == (0, 2)
+    assert compare.mcnemar_against(predictions, names[0]) == {}
 
 
 FAKE_TRAIN = '''

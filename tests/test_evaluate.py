@@ -256,7 +256,7 @@ def evaluated_pipeline(sample_dir, tmp_path_factory):
 
     from fer_lab import data, tracking
     from fer_lab.pipeline import runner
-    from fer_lab.training import models, train
+    from fer_lab.training import models
 
     tmp = tmp_path_factory.mktemp("evaluate")
     uri = tracking.configure(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -275,7 +275,7 @@ def evaluated_pipeline(sample_dir, tmp_path_factory):
         mlflow.set_tag("notebook", "03_train")
         for step, value in enumerate((0.2, 0.3)):
             mlflow.log_metric("val_accuracy", value, step=step)
-        train.log_model(model, labels)
+        tracking.log_model(model, labels)
     result = runner.run_pipeline(
         data_dir=sample_dir, only=["04_evaluate", "05_compare"], out_dir=tmp / "report", log=lambda *_: None,
         overrides={"tracking_uri": uri, "work_dir": str(tmp / "work"), "experiment": experiment,
@@ -294,9 +294,8 @@ def test_notebooks_run_and_mlflow_numbers_match_sklearn_on_logged_predictions(ev
     import mlflow
     from sklearn import metrics as skm
 
-    from fer_lab import data
+    from fer_lab import data, tracking
     from fer_lab.analysis import compare
-    from fer_lab.training import train
 
     result, training_run, manifest, _ = evaluated_pipeline
     assert result.ok, [nb.error for nb in result.notebooks if not nb.ok]
@@ -307,7 +306,7 @@ def test_notebooks_run_and_mlflow_numbers_match_sklearn_on_logged_predictions(ev
     probs = predictions[[f"prob_{label}" for label in labels]].to_numpy()
     assert (predictions["pred"] == np.array(labels)[probs.argmax(axis=1)]).all()
 
-    model, model_labels = train.load_run_model(training_run)
+    model, model_labels = tracking.load_run_model(training_run)
     assert model_labels == labels
     rows = test_rows.set_index("path").loc[predictions["path"]].reset_index()
     direct = model.predict(data.load_pixels(sample_dir, rows)[..., None].astype("float32"), verbose=0)

@@ -42,9 +42,9 @@ def test_duplicates_conflicts_and_leaks():
     assert list(leaks["path"]) == ["test/happy/f.png"]
 
 
-def test_blank_images_and_mean_faces():
+def test_near_constant_images_and_mean_faces():
     manifest, pixels = _manifest()
-    assert list(np.flatnonzero(explore.blank_mask(pixels))) == [6]
+    assert list(np.flatnonzero(explore.near_constant_mask(pixels))) == [6]
     means = explore.mean_faces(pixels, manifest["label"])
     np.testing.assert_allclose(means["sad"], pixels[manifest["label"].eq("sad").to_numpy()].mean(axis=0))
 

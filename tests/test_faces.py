@@ -20,7 +20,7 @@ from PIL import Image
 
 from fer_lab import data, project
 from fer_lab.errors import FerLabError
-from fer_lab.faces import detection
+from fer_lab.faces import content, detection
 from fer_lab.faces.detection import DetectorSettings
 
 # dlib's own detector on the full-size photos finds these face boxes (left, top, right, bottom).
@@ -78,18 +78,19 @@ def _cached_rows(images: np.ndarray) -> list[tuple]:
     return [detection._cache_row(detection.pixel_key(image), image, detector) for image in images]
 
 
-def test_pixel_statistics_tell_blank_flat_and_noise_apart():
+def test_content_statistics_tell_blank_flat_and_noise_apart():
     rng = np.random.default_rng(0)
     face = _lfw_48()[0]
     blank = np.full((48, 48), 17, np.uint8)
     icon = np.full((48, 48), 230, np.uint8)
     icon[12:36, 12:36] = 40
     noise = rng.integers(0, 256, (48, 48), dtype=np.uint8)
-    stats = {name: detection.pixel_statistics(image) for name, image in
+    stats = {name: content.content_statistics(image) for name, image in
              {"face": face, "blank": blank, "icon": icon, "noise": noise}.items()}
     assert stats["blank"] == (0.0, 1.0, 0.0)
     assert stats["icon"][1] > 0.7 and stats["face"][1] < 0.2
     assert stats["noise"][2] > 0.8 and stats["face"][2] < 0.2
+    assert [name for name, values in stats.items() if content.is_blank(values[0])] == ["blank"]
 
 
 def test_second_run_detects_nothing_and_threshold_changes_need_no_detection(tmp_path):

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from fer_lab import cli, data
-from fer_lab.faces import detection, filtering
+from fer_lab.errors import ConfigError, DataError
+from fer_lab.faces import detection, filtering, tuning
 from fer_lab.faces.detection import DetectorSettings
 from fer_lab.faces.filtering import FilterRules
 
@@ -20,8 +21,8 @@ def _manifest(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
 
 
 def _detections(rows: list[tuple[float, float, float, float]]) -> pd.DataFrame:
-    """Detector output from (face_score, contrast, flatness, noise) rows; NaN score = nothing found."""
-    table = pd.DataFrame(rows, columns=["face_score", "contrast", "flatness", "noise"])
+    """Detector output from (face_score, grey_range, flatness, noise) rows; NaN score = nothing found."""
+    table = pd.DataFrame(rows, columns=["face_score", "grey_range", "flatness", "noise"])
     table["face_found"] = table["face_score"] >= -1.8
     table["n_faces"] = table["face_found"].astype(int)
     for column in ("box_x0", "box_y0", "box_x1", "box_y1"):
@@ -120,6 +121,20 @@ def test_sample_noise_is_removed_and_faces_kept(sample_filtered):
     assert len(originals) and set(originals["reject_reason"]) == {"cross_split_duplicate"}
 
 
+def test_notebook_views_of_the_filter(sample_filtered, sample_dir):
+    filtered, _, _ = sample_filtered
+    samples = filtering.review_samples(filtered, size=8, seed=0)
+    assert samples["rejected"]["reject_reason"].isin(filtering.CONTENT_REASONS[1:]).all()
+    assert samples["kept"]["keep"].all() and len(samples["borderline"]) == 8
+    assert samples["borderline"]["face_evidence"].max() <= samples["kept"]["face_evidence"].max()
+    fig = filtering.review_figure(samples["kept"], sample_dir, "kept", with_boxes=True)
+    assert len(fig.axes) == 8
+    baseline = filtering.output_manifest(filtered, apply_filter=False)
+    assert baseline["keep"].all() and not filtered["keep"].all()
+    table = filtering.scores_table({"images": 10.0, "nonface_recall": 0.5})
+    assert list(table["value"]) == ["10", "50.00%"]
+
+
 def test_scores_against_sample_truth_and_votes(sample_filtered, sample_dir):
     filtered, _, _ = sample_filtered
     reference, source = filtering.reference_labels(filtered, sample_dir)
@@ -150,10 +165,10 @@ def test_reference_from_review_and_votes(tmp_path):
 def test_sweep_picks_an_operating_point(sample_filtered, sample_dir):
     filtered, _, work = sample_filtered
     reference, _ = filtering.reference_labels(filtered, sample_dir)
-    subset = filtering.sweep_subset(reference, size=120, seed=0)
+    subset = tuning.sweep_subset(reference, size=120, seed=0)
     assert len(subset) == 120 and (reference[subset] == "nonface").sum() == (reference == "nonface").sum()
     geometries = [DetectorSettings(size=80), DetectorSettings(size=96)]
-    table = filtering.sweep(filtered.loc[subset], sample_dir, reference[subset], geometries,
+    table = tuning.sweep(filtered.loc[subset], sample_dir, reference[subset], geometries,
                             thresholds=[-2.2, -1.8, -1.0], work_dir=work)
     assert len(table) == 2 * 2 * 3
     assert table["nonface_recall"].between(0, 1).all() and table["face_false_rejection"].between(0, 1).all()
@@ -161,14 +176,22 @@ def test_sweep_picks_an_operating_point(sample_filtered, sample_dir):
     for _, group in table.groupby(["size", "flat_weight"]):
         assert group["nonface_recall"].is_monotonic_increasing
         assert group["face_false_rejection"].is_monotonic_increasing
-    best = filtering.best_operating_point(table, max_false_rejection=0.02)
+    best = tuning.best_operating_point(table, max_false_rejection=0.02)
     assert best["face_false_rejection"] <= 0.02
-    settings, rules = filtering.settings_from_row(best)
+    settings, rules = tuning.settings_from_row(best)
     assert settings.size in (80, 96) and rules.flat_weight == best["flat_weight"]
-    fig = filtering.tradeoff_figure(table, (settings, rules))
+    fig = tuning.tradeoff_figure(table, (settings, rules))
     assert len(fig.axes[0].lines) == 4
-    with pytest.raises(filtering.DataError, match="at most"):
-        filtering.best_operating_point(table, max_false_rejection=-1)
+    with pytest.raises(DataError, match="at most"):
+        tuning.best_operating_point(table, max_false_rejection=-1)
+    # The notebook's choice: as given, or the sweep's best; a bad name is a ConfigError.
+    given = DetectorSettings(), FilterRules(flat_weight=0.5)
+    assert tuning.choose_operating_point("default", *given, table) == given
+    chosen = tuning.choose_operating_point("sweep", *given, table, max_false_rejection=0.02)
+    assert chosen == (settings, FilterRules(flat_weight=rules.flat_weight))
+    with pytest.raises(ConfigError, match="operating_point"):
+        tuning.choose_operating_point("best", *given)
+    assert tuning.sweep_pivot(table).shape == (2 * 2, 3)
 
 
 def test_cli_filter_writes_manifest_and_shares_cache(sample_dir, tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fer_lab import project
-from fer_lab.pipeline import runner
+from fer_lab.pipeline import notebook, runner
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_ci_pipeline_is_tracked_in_mlflow(ci_pipeline, sample_dir):
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == ci_pipeline.parent_run_id
         assert run.data.tags["notebook"] == nb.name and run.data.tags["git_commit"]
-        if "data_dir" in runner.declared_parameters(project.NOTEBOOKS_DIR / f"{nb.name}.ipynb"):
+        if "data_dir" in notebook.declared_parameters(project.NOTEBOOKS_DIR / f"{nb.name}.ipynb"):
             assert run.data.params["data_dir"] == str(sample_dir)
         assert f"notebook/{nb.name}.ipynb" in _artifacts(client, nb.run_id, "notebook")
 

@@ -22,7 +22,6 @@ from fer_lab import cli, data, tracking
 from fer_lab.apply import inference
 from fer_lab.data import imaging
 from fer_lab.errors import FerLabError
-from fer_lab.training import train
 
 EXPERIMENT = "predict-tests"
 
@@ -47,7 +46,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str
         pass
     with tracking.start_notebook_run("03_train", {}, tracking_uri=uri, experiment=EXPERIMENT,
                                      parent_run_id=parent.info.run_id) as run:
-        train.log_model(tiny_model(), data.CLASSES)
+        tracking.log_model(tiny_model(), data.CLASSES)
     return uri, parent.info.run_id, run.info.run_id
 
 

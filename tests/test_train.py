@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from fer_lab import project, tracking
-from fer_lab.errors import FerLabError
+from fer_lab.errors import ConfigError, FerLabError
 from fer_lab.training import augment, datasets, train
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
@@ -37,8 +37,9 @@ def toy_rows(n_train: int, n_val: int, seed: int = 0) -> tuple[pd.DataFrame, np.
 
 
 def tiny_config(**overrides) -> train.TrainConfig:
+    """Head-then-all phases from scratch: the mechanics of phases, not a recipe (hence the override)."""
     params = dict(backbone="cnn", image_size=48, weights="none", cnn={"widths": [8, 16]},
-                  head={"dropout": 0.0}, batch_size=32,
+                  head={"dropout": 0.0}, batch_size=32, allow_untrained_head=True,
                   phases=[{"name": "head", "epochs": 1, "trainable": "head", "lr": 0.01},
                           {"name": "all", "epochs": 1, "trainable": "all", "lr": 0.01}])
     params.update(overrides)
@@ -121,7 +122,7 @@ def test_trained_model_round_trips_through_mlflow(tmp_path, tracking_uri):
     assert result.best_epoch in (1, 2)
     figure = train.plot_history(result.history, config.schedule.plan())
     assert len(figure.axes) == 3
-    uri = train.log_model(result.model, LABELS)
+    uri = tracking.log_model(result.model, LABELS)
     run_id = run.info.run_id
     mlflow.end_run()
 
@@ -136,11 +137,11 @@ def test_trained_model_round_trips_through_mlflow(tmp_path, tracking_uri):
     pyfunc_model = mlflow.pyfunc.load_model(uri)
     np.testing.assert_allclose(pyfunc_model.predict(batch), expected, rtol=1e-5, atol=1e-6)
     assert pyfunc_model.metadata.metadata == {"labels": LABELS, "input_size": 48}
-    model, labels = train.load_run_model(run_id)
+    model, labels = tracking.load_run_model(run_id)
     assert labels == LABELS
     np.testing.assert_allclose(model.predict(batch, verbose=0), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(FerLabError, match="no loadable model"):
-        train.load_run_model("0" * 32)
+        tracking.load_run_model("0" * 32)
 
 
 def test_a_checkpoint_made_with_other_settings_is_not_resumed(tmp_path):
@@ -244,3 +245,10 @@ def test_filtered_manifest_drops_rejected_training_images_only(sample_dir, tmp_p
     data.write_manifest(filtered, tmp_path / train.FILTERED_MANIFEST)
     with pytest.raises(FerLabError, match="02_filter_faces"):
         train.training_manifest(sample_dir, tmp_path, use_filtered=True)
+
+
+def test_a_head_phase_on_an_untrained_backbone_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="phase head#1 trains only the head, but the backbone is untrained"):
+        tiny_config(allow_untrained_head=False)
+    after_all = [{"name": "all", "epochs": 1, "trainable": "all"}, {"name": "head", "epochs": 1, "trainable": "head"}]
+    assert tiny_config(allow_untrained_head=False, phases=after_all).schedule.total_epochs == 2

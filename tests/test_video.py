@@ -17,9 +17,10 @@ import skimage.data
 from PIL import Image
 
 from fer_lab import data
-from fer_lab.apply import inference, video
-from fer_lab.data import synthetic
+from fer_lab.apply import annotate, demo, inference, video, video_io
+from fer_lab.data import synthetic_faces
 from fer_lab.errors import FerLabError
+from fer_lab.faces.detector import DetectorConfig, FaceDetector
 
 WIDTH, HEIGHT = 640, 360
 
@@ -31,8 +32,8 @@ def predictor() -> inference.Predictor:
     inputs = keras.Input((48, 48, 1))
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(len(data.CLASSES), activation="softmax")(x))
-    config = inference.DetectorConfig(max_side=video.VIDEO_MAX_SIDE)
-    return inference.Predictor(inference.LoadedModel(model, data.CLASSES, "test"), inference.FaceDetector(config))
+    config = DetectorConfig(max_side=video.VIDEO_MAX_SIDE)
+    return inference.Predictor(inference.LoadedModel(model, data.CLASSES, "test"), FaceDetector(config))
 
 
 @pytest.fixture(scope="module")
@@ -151,24 +152,31 @@ def test_tracker_keeps_ids_for_nearby_boxes_and_ends_lost_tracks() -> None:
 def test_demo_inputs_hold_detectable_faces(predictor: inference.Predictor, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     labels = [data.CLASSES[i % len(data.CLASSES)] for i in range(14)]
-    faces = np.stack([synthetic.render_face(label, rng) for label in labels])
-    demo = video.make_demo_inputs(tmp_path, faces, labels, seconds=1.5, detector=predictor.detector)
-    capture = cv2.VideoCapture(str(demo.video))
+    faces = np.stack([synthetic_faces.render_face(label, rng) for label in labels])
+    inputs = demo.make_demo_inputs(tmp_path, faces, labels, seconds=1.5, detector=predictor.detector)
+    capture = cv2.VideoCapture(str(inputs.video))
     assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 45
     capture.release()
-    assert [path.name for path in demo.stills] == ["group.jpg", "portrait_gray.png"]
-    assert Image.open(demo.stills[1]).mode == "L"
-    assert demo.truth.groupby("file").size().to_dict() == {"demo.mp4": 5, "group.jpg": 3, "portrait_gray.png": 1}
-    stills = inference.Predictor(predictor.loaded).predict_files(demo.stills)
-    assert stills.faces.groupby("path").size().to_dict() == {str(demo.stills[0]): 3, str(demo.stills[1]): 1}
-    group = stills.table[stills.table["path"] == str(demo.stills[0])]
-    shown = demo.truth[demo.truth["file"] == "group.jpg"]
-    assert sorted(video.true_labels(group, demo.stills[0].name, demo.truth)) == sorted(shown["label"])
-    clip = video.analyze_video(demo.video, predictor, sample_fps=10)
-    truth = video.true_labels(clip.frames, "demo.mp4", demo.truth)
-    first_person = demo.truth[(demo.truth["file"] == "demo.mp4") & (demo.truth["person"] == 1)]
+    assert [path.name for path in inputs.stills] == ["group.jpg", "portrait_gray.png"]
+    assert Image.open(inputs.stills[1]).mode == "L"
+    assert inputs.truth.groupby("file").size().to_dict() == {"demo.mp4": 5, "group.jpg": 3, "portrait_gray.png": 1}
+    stills = inference.Predictor(predictor.loaded).predict_files(inputs.stills)
+    assert stills.faces.groupby("path").size().to_dict() == {str(inputs.stills[0]): 3, str(inputs.stills[1]): 1}
+    group = stills.table[stills.table["path"] == str(inputs.stills[0])]
+    shown = inputs.truth[inputs.truth["file"] == "group.jpg"]
+    assert sorted(demo.true_labels(group, inputs.stills[0].name, inputs.truth)) == sorted(shown["label"])
+    clip = video.analyze_video(inputs.video, predictor, sample_fps=10)
+    truth = demo.true_labels(clip.frames, "demo.mp4", inputs.truth)
+    first_person = inputs.truth[(inputs.truth["file"] == "demo.mp4") & (inputs.truth["person"] == 1)]
     on_left = clip.frames["x1"] < 320
     assert truth[on_left & (clip.frames["time"] < first_person["end"].iloc[0])].isin(
         ["", first_person["label"].iloc[0]]).all()
     assert (truth != "").sum() >= 0.8 * (clip.frames["label"] != "").sum()
-    assert len(video.preview_frames(demo.video, 4)) == 4
+    assert len(video_io.preview_frames(inputs.video, 4)) == 4
+    # 06's overview: speed, and agreement with what the generated inputs really show.
+    photos = demo.photo_table([stills], inputs.truth)
+    assert set(photos["true_label"]) <= {"", *data.CLASSES}
+    overview, metrics = demo.overview([clip], photos, inputs.truth)
+    assert list(overview["kind"]) == ["video", "images"] and overview["agreement"].between(0, 1).all()
+    assert set(metrics) == {"demo_processing_fps", "demo_video_agreement", "demo_photo_agreement"}
+    assert len(annotate.photos_figure([stills]).axes) == 2

@@ -1,31 +1,33 @@
 """Side-by-side comparison of training runs logged in MLflow, and McNemar's test between two of them.
 
 Runs are the training runs (tag `notebook=03_train`) that 04_evaluate has annotated with `test_*`
-metrics and a `predictions_<split>.csv` artifact; see `fer_lab.analysis.evaluate`.
+metrics and a `predictions_<split>.csv` artifact; see `fer_lab.analysis.evaluate`. They are found
+and read through `fer_lab.tracking`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fer_lab import tracking
 from fer_lab.analysis.evaluate import evaluation_set_tag, metric_prefix
-from fer_lab.errors import FerLabError
+from fer_lab.errors import ConfigError, DataError, FerLabWarning
 
-TRAIN_NOTEBOOK = "03_train"
 SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece",
                    "accuracy_without_leaked", "accuracy_tta", "tta_gain")
-PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+class MissingPredictionsWarning(FerLabWarning):
+    """A compared run has no logged predictions, so it is left out of McNemar's test."""
+
+
 # Below this many discordant pairs the chi-square approximation is poor, so the exact test is reported.
 EXACT_BELOW = 25
 
@@ -76,10 +78,24 @@ class McNemarResult:
 
 
 def mcnemar_from_table(both_correct: int, only_a: int, only_b: int, both_wrong: int) -> McNemarResult:
-    """McNemar's test from the four cells of a paired 2x2 table."""
+    """McNemar's test from the four cells of a paired 2x2 table.
+
+    Args:
+        both_correct: Images both classifiers get right.
+        only_a: Images only A gets right.
+        only_b: Images only B gets right.
+        both_wrong: Images both get wrong.
+
+    Returns:
+        The test's counts, statistics and p-values.
+    """
     cells = (both_correct, only_a, only_b, both_wrong)
-    if any(int(cell) != cell or cell < 0 for cell in cells):
-        raise FerLabError(f"McNemar table cells must be non-negative integers, got {cells}")
+    try:
+        valid = all(int(cell) == cell and cell >= 0 for cell in cells)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ConfigError(f"McNemar table cells must be non-negative integers, got {cells}")
     discordant = only_a + only_b
     if discordant == 0:
         chi2, chi2_p, exact_p = 0.0, 1.0, 1.0
@@ -96,23 +112,22 @@ def mcnemar(predictions_a: pd.DataFrame, predictions_b: pd.DataFrame) -> McNemar
 
     Raises when the frames share no image or disagree on an image's true label (not the same test set).
     """
-    paired = predictions_a[["path", "label", "pred"]].merge(
-        predictions_b[["path", "label", "pred"]], on="path", suffixes=("_a", "_b"), validate="one_to_one")
+    try:
+        paired = predictions_a[["path", "label", "pred"]].merge(
+            predictions_b[["path", "label", "pred"]], on="path", suffixes=("_a", "_b"), validate="one_to_one")
+    except pd.errors.MergeError as error:
+        raise DataError(f"a predictions frame lists an image path twice ({error})") from error
     if paired.empty:
-        raise FerLabError("the two runs' predictions share no image path; they were not evaluated "
+        raise DataError("the two runs' predictions share no image path; they were not evaluated "
                           "on the same split of the same dataset")
     mismatched = paired[paired["label_a"] != paired["label_b"]]
     if not mismatched.empty:
-        raise FerLabError(f"{len(mismatched)} images have different true labels in the two runs "
+        raise DataError(f"{len(mismatched)} images have different true labels in the two runs "
                           f"(first: {mismatched['path'].iloc[0]}); they used different manifests")
     right_a = (paired["pred_a"] == paired["label_a"]).to_numpy()
     right_b = (paired["pred_b"] == paired["label_b"]).to_numpy()
     return mcnemar_from_table(int((right_a & right_b).sum()), int((right_a & ~right_b).sum()),
                               int((~right_a & right_b).sum()), int((~right_a & ~right_b).sum()))
-
-
-def _quote(value: str) -> str:
-    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def parse_filter(text: str) -> dict[str, str]:
@@ -121,66 +136,64 @@ def parse_filter(text: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise FerLabError(f"filter item {item!r} is not key=value")
+            raise ConfigError(f"filter item {item!r} is not key=value")
         pairs[key.strip()] = value.strip()
     return pairs
 
 
-def find_runs(experiment: str, *, run_ids: Sequence[str] = (), parent_run_id: str = "",
-              tags: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None,
-              finished_only: bool = False, max_runs: int = 20) -> pd.DataFrame:
-    """Training runs of `experiment`, newest first, as `mlflow.search_runs` returns them.
-
-    `run_ids` picks runs explicitly (other filters ignored). Otherwise runs carry tag
-    `notebook=03_train` plus the given `tags` and `params`, and, when `parent_run_id` is set, are
-    children of that pipeline run.
-    """
-    if run_ids:
-        runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas",
-                                  filter_string=f"attributes.run_id IN ({', '.join(map(_quote, run_ids))})")
-        missing = sorted(set(run_ids) - set(runs["run_id"])) if not runs.empty else sorted(run_ids)
-        if missing:
-            raise FerLabError(f"runs {missing} are not in experiment {experiment!r}")
-        return runs.set_index("run_id").loc[list(run_ids)].reset_index()
-    clauses = [f"tags.notebook = {_quote(TRAIN_NOTEBOOK)}"]
-    clauses += [f"tags.`{key}` = {_quote(value)}" for key, value in (tags or {}).items()]
-    clauses += [f"params.`{key}` = {_quote(value)}" for key, value in (params or {}).items()]
-    if parent_run_id:
-        clauses.append(f"tags.`mlflow.parentRunId` = {_quote(parent_run_id)}")
-    if finished_only:
-        clauses.append("attributes.status = 'FINISHED'")
-    return mlflow.search_runs(experiment_names=[experiment], filter_string=" and ".join(clauses),
-                              order_by=["attributes.start_time DESC"], max_results=max_runs,
-                              output_format="pandas")
-
-
 def default_runs(experiment: str, parent_run_id: str = "", max_runs: int = 10, split: str = "test") -> pd.DataFrame:
-    """The runs 05_compare compares when none are named: the training runs under `parent_run_id`
-    when there are at least two; else the experiment's latest finished training runs, restricted to
-    those evaluated on the same images as the pipeline's own training run when it has been evaluated."""
+    """The runs 05_compare compares when none are named.
+
+    Args:
+        experiment: The experiment's name.
+        parent_run_id: The pipeline run whose training runs are compared when it has at least two.
+        max_runs: At most this many runs.
+        split: The evaluated split whose image set the fallback runs must share.
+
+    Returns:
+        The training runs under `parent_run_id` when there are at least two; else the experiment's
+        latest finished training runs, restricted to those evaluated on the same images as the
+        pipeline's own training run when it has been evaluated. Newest first.
+    """
     tags = {}
     if parent_run_id:
-        children = find_runs(experiment, parent_run_id=parent_run_id, max_runs=max_runs)
+        children = tracking.find_runs(experiment, parent_run_id=parent_run_id, max_runs=max_runs)
         if len(children) >= 2:
             return children
         tag = f"tags.{evaluation_set_tag(split)}"
         if len(children) == 1 and tag in children and isinstance(children[tag].iloc[0], str):
             tags = {evaluation_set_tag(split): children[tag].iloc[0]}
-    return find_runs(experiment, tags=tags, finished_only=True, max_runs=max_runs)
+    return tracking.find_runs(experiment, tags=tags, finished_only=True, max_runs=max_runs)
 
 
-def resolve_training_run(experiment: str, parent_run_id: str = "", run_id: str = "") -> str:
-    """The training run to evaluate: `run_id` when given, else the 03_train run under `parent_run_id`,
-    else the experiment's latest finished 03_train run."""
-    if run_id:
-        return run_id
-    runs = find_runs(experiment, parent_run_id=parent_run_id, max_runs=1) if parent_run_id else pd.DataFrame()
+def select_runs(experiment: str, run_ids: str = "", *, filter_tags: str = "", filter_params: str = "",
+                parent_run_id: str = "", max_runs: int = 6, split: str = "test") -> pd.DataFrame:
+    """The runs 05_compare compares, from its parameters.
+
+    Args:
+        experiment: The experiment's name.
+        run_ids: Comma-separated training run ids; when given they win, in this order.
+        filter_tags: `key=value, ...` tags the finished training runs must carry (see `parse_filter`).
+        filter_params: `key=value, ...` params the finished training runs must have.
+        parent_run_id: The pipeline run whose training runs are compared by default.
+        max_runs: At most this many runs.
+        split: The split 04_evaluate scored (the default selection keeps runs scored on the same images).
+
+    Returns:
+        One row per run as `tracking.find_runs` returns them; runs found by filter or by default are
+        ordered oldest first, so the default baseline is the first.
+    """
+    chosen = [item.strip() for item in run_ids.split(",") if item.strip()]
+    if chosen:
+        return tracking.find_runs(experiment, run_ids=chosen)
+    if filter_tags or filter_params:
+        runs = tracking.find_runs(experiment, tags=parse_filter(filter_tags), params=parse_filter(filter_params),
+                                  finished_only=True, max_runs=max_runs)
+    else:
+        runs = default_runs(experiment, parent_run_id, max_runs=max_runs, split=split)
     if runs.empty:
-        runs = find_runs(experiment, finished_only=True, max_runs=1)
-    if runs.empty:
-        raise FerLabError(f"experiment {experiment!r} has no finished {TRAIN_NOTEBOOK} run to evaluate; "
-                          f"run {TRAIN_NOTEBOOK} first or pass model_run_id")
-    return str(runs["run_id"].iloc[0])
+        raise ConfigError(f"no training runs to compare in experiment {experiment!r}")
+    return runs.iloc[::-1].reset_index(drop=True)
 
 
 def run_names(runs: pd.DataFrame) -> pd.Series:
@@ -200,7 +213,7 @@ def baseline_name(runs: pd.DataFrame, baseline_run_id: str = "") -> str:
         return str(names.iloc[0])
     matches = names[(runs["run_id"] == baseline_run_id).to_numpy()]
     if matches.empty:
-        raise FerLabError(f"baseline run {baseline_run_id} is not among the compared runs")
+        raise ConfigError(f"baseline run {baseline_run_id} is not among the compared runs")
     return str(matches.iloc[0])
 
 
@@ -221,16 +234,6 @@ def comparison_table(runs: pd.DataFrame, split: str = "test", *, all_params: boo
     return table
 
 
-def metric_history(run_ids: Sequence[str], key: str, names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Long table (run, step, value) of metric `key` over steps for each run; runs without it are skipped."""
-    client = mlflow.MlflowClient()
-    rows = []
-    for run_id, name in zip(run_ids, names if names is not None else run_ids):
-        for point in client.get_metric_history(run_id, key):
-            rows.append({"run": name, "step": point.step, "value": point.value})
-    return pd.DataFrame(rows, columns=["run", "step", "value"])
-
-
 def per_class_recall(runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """Recall per class (rows, alphabetical like `data.CLASSES`) and run (columns) from the runs'
     `<prefix>recall_<class>` metrics."""
@@ -245,34 +248,36 @@ def per_class_recall(runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 def recall_differences(recall: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Each run's per-class recall minus the baseline run's (column `baseline` of `per_class_recall`)."""
     if baseline not in recall.columns:
-        raise FerLabError(f"baseline run {baseline!r} is not among the compared runs {list(recall.columns)}")
+        raise ConfigError(f"baseline run {baseline!r} is not among the compared runs {list(recall.columns)}")
     return recall.drop(columns=baseline).sub(recall[baseline], axis=0)
-
-
-@contextmanager
-def _quiet_downloads() -> Iterator[None]:
-    """Hide MLflow's per-download progress bar, which fills notebook outputs with noise."""
-    previous = os.environ.get(PROGRESS_BAR_VARIABLE)
-    os.environ[PROGRESS_BAR_VARIABLE] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(PROGRESS_BAR_VARIABLE, None)
-        else:
-            os.environ[PROGRESS_BAR_VARIABLE] = previous
 
 
 def load_predictions(run_id: str, split: str = "test") -> pd.DataFrame:
     """The per-image predictions 04_evaluate logged on `run_id` (artifact `predictions_<split>.csv`)."""
-    artifact = f"predictions_{split}.csv"
-    with tempfile.TemporaryDirectory() as scratch, _quiet_downloads():
+    try:
+        return tracking.load_csv_artifact(run_id, f"predictions_{split}.csv")
+    except DataError as error:
+        raise DataError(f"{error}; run 04_evaluate on it first") from error
+
+
+def load_run_predictions(runs: pd.DataFrame, split: str = "test") -> dict[str, pd.DataFrame]:
+    """The logged predictions of each run by display name (`run_names`); runs without any are left out
+    with a `MissingPredictionsWarning`."""
+    predictions = {}
+    for run_id, name in zip(runs["run_id"], run_names(runs)):
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=scratch)
-        except Exception as error:  # MLflow raises several types for a missing artifact
-            raise FerLabError(f"run {run_id} has no artifact {artifact}; run 04_evaluate on it first "
-                              f"({type(error).__name__})") from error
-        return pd.read_csv(Path(local), keep_default_na=False)
+            predictions[name] = load_predictions(run_id, split)
+        except DataError as error:
+            warnings.warn(f"{name}: skipped ({error})", MissingPredictionsWarning, stacklevel=2)
+    return predictions
+
+
+def mcnemar_against(predictions: Mapping[str, pd.DataFrame], baseline: str) -> dict[str, McNemarResult]:
+    """McNemar's test of every run against the baseline run, by name; empty unless the baseline and
+    at least one other run have predictions."""
+    if baseline not in predictions:
+        return {}
+    return {name: mcnemar(predictions[baseline], frame) for name, frame in predictions.items() if name != baseline}
 
 
 def significance_stars(p_value: float) -> str:

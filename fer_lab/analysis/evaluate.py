@@ -10,27 +10,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric
 from sklearn import metrics as skm
 
-from fer_lab.errors import FerLabError
+from fer_lab import tracking
+from fer_lab.errors import ConfigError, DataError, FerLabWarning
 from fer_lab.training import augment
+from fer_lab.training.predict import predict_probabilities
 
-PREDICTION_COLUMNS = ("path", "sha1", "label", "pred")
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 DEFAULT_TENCROP = 44  # ten-crop side for a model trained without crops
+HEADLINE_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece")
 
 
-class LeakageWarning(UserWarning):
+class LeakageWarning(FerLabWarning):
     """Test images that are pixel-identical to training images inflate test accuracy."""
+
+
+class UnknownClassWarning(FerLabWarning):
+    """Evaluated images of classes the model was not trained on are left out."""
 
 
 def prob_column(label: str) -> str:
@@ -50,36 +56,25 @@ def metric_prefix(split: str) -> str:
 def select_split(manifest: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """Readable manifest rows of `split`.
 
-    `split` is a manifest split (`train`, `val`, `test`) or an original usage (`PrivateTest`,
-    `PublicTest`, `Training`). `test` means PrivateTest where the test rows carry that usage, so
+    `split` is a manifest split (`train`, `val`, `test`), `all` (every readable image: a dataset from
+    elsewhere used as an external test set) or an original usage (`PrivateTest`, `PublicTest`, `Training`). `test` means PrivateTest where the test rows carry that usage, so
     FER2013's usual protocol (PublicTest for selection, PrivateTest for the final number) holds.
     """
     rows = manifest[manifest["readable"].astype(bool)] if "readable" in manifest else manifest
-    if split in ("train", "val", "test"):
+    if split == "all":
+        pass  # a dataset used whole as an external test set
+    elif split in ("train", "val", "test"):
         rows = rows[rows["split"] == split]
         if split == "test" and "usage" in rows and (rows["usage"] == "PrivateTest").any():
             rows = rows[rows["usage"] == "PrivateTest"]
     elif "usage" in rows and (rows["usage"] == split).any():
         rows = rows[rows["usage"] == split]
     else:
-        raise FerLabError(f"split {split!r} has no readable rows in the manifest "
-                          "(use train, val, test or a usage such as PrivateTest)")
+        raise ConfigError(f"split {split!r} has no readable rows in the manifest "
+                          "(use train, val, test, all or a usage such as PrivateTest)")
     if rows.empty:
-        raise FerLabError(f"split {split!r} has no readable rows in the manifest")
+        raise ConfigError(f"split {split!r} has no readable rows in the manifest")
     return rows.reset_index(drop=True)
-
-
-def predict_probabilities(model: Any, pixels: np.ndarray, *, batch_size: int = 256, tta: str = "none",
-                          crop: int = 0) -> np.ndarray:
-    """Class probabilities for uint8 images (N, H, W), averaged over the test-time views of `tta`.
-
-    `tta` is none, flip (the image and its mirror) or tencrop (corner and centre crops of side `crop`,
-    and their mirrors); see `augment.test_time_views`.
-    """
-    views = augment.test_time_views(np.asarray(pixels), tta, crop)
-    total = sum(np.asarray(model.predict(np.asarray(view, dtype=np.float32)[..., None], batch_size=batch_size,
-                                         verbose=0), dtype=np.float64) for view in views)
-    return total / len(views)
 
 
 def predictions_frame(rows: pd.DataFrame, probabilities: np.ndarray,
@@ -87,7 +82,7 @@ def predictions_frame(rows: pd.DataFrame, probabilities: np.ndarray,
     """Per-image predictions: path, sha1, label, pred and one probability column per class."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.shape != (len(rows), len(labels)):
-        raise FerLabError(f"probabilities have shape {probabilities.shape}, expected "
+        raise DataError(f"probabilities have shape {probabilities.shape}, expected "
                           f"({len(rows)}, {len(labels)}) for {len(rows)} images and {len(labels)} classes")
     frame = pd.DataFrame({
         "path": rows["path"].to_numpy(),
@@ -103,15 +98,44 @@ def probability_matrix(predictions: pd.DataFrame, labels: Sequence[str]) -> np.n
     """The (N, classes) probability block of a predictions frame, in `labels` order."""
     missing = [prob_column(label) for label in labels if prob_column(label) not in predictions]
     if missing:
-        raise FerLabError(f"predictions lack probability columns {missing}")
+        raise DataError(f"predictions lack probability columns {missing}")
     return predictions[[prob_column(label) for label in labels]].to_numpy(dtype=np.float64)
 
 
 def _check_labels(predictions: pd.DataFrame, labels: Sequence[str]) -> None:
     unknown = sorted(set(predictions["label"]) - set(labels))
     if unknown:
-        raise FerLabError(f"predictions contain true labels {unknown} that the model does not know "
+        raise DataError(f"predictions contain true labels {unknown} that the model does not know "
                           f"(model labels: {list(labels)})")
+
+
+def with_known_classes(rows: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    """`rows` without the images whose class the model does not know (warns when there are any)."""
+    unknown = ~rows["label"].isin(list(labels))
+    if unknown.any():
+        warnings.warn(f"{int(unknown.sum())} images have classes the model does not know and are left out: "
+                      f"{sorted(rows.loc[unknown, 'label'].unique())}", UnknownClassWarning, stacklevel=2)
+    return rows[~unknown].reset_index(drop=True)
+
+
+def class_coverage(rows: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    """Per class: images of it in the evaluated rows, images the model gave it, and whether each side knows it.
+
+    `rows` are the evaluated split before `with_known_classes`; a class the model knows but the dataset
+    lacks shows how often the model predicted it anyway, and a class only the dataset has shows how many
+    images were left out.
+    """
+    classes = list(labels) + sorted(set(rows["label"]) - set(labels))
+    table = pd.DataFrame({
+        "images": rows["label"].value_counts().reindex(classes, fill_value=0),
+        "predicted": predictions["pred"].value_counts().reindex(classes, fill_value=0),
+        "model_knows": [name in labels for name in classes],
+    }, index=pd.Index(classes, name="class"))
+    table["in_dataset"] = table["images"] > 0
+    table["note"] = np.select(
+        [~table["in_dataset"], ~table["model_knows"]],
+        ["the dataset has no images of this class", "left out: the model does not know this class"], "")
+    return table
 
 
 def confusion(predictions: pd.DataFrame, labels: Sequence[str], *,
@@ -146,7 +170,9 @@ def summary_metrics(predictions: pd.DataFrame, labels: Sequence[str]) -> dict[st
     true_index = pd.Categorical(y_true, categories=list(labels)).codes
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0)),
+        # Over the classes the images have: a class the dataset lacks has no F1 to average.
+        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=[c for c in labels if (y_true == c).any()],
+                                       average="macro", zero_division=0)),
         "balanced_accuracy": float(_balanced_accuracy(y_true, y_pred)),
         "top2_accuracy": float(skm.top_k_accuracy_score(true_index, probs, k=min(2, len(labels)),
                                                         labels=np.arange(len(labels)))),
@@ -178,6 +204,13 @@ def reliability_table(confidence: np.ndarray, correct: np.ndarray, bins: int = 1
     grouped.insert(0, "lower", edges[:-1])
     grouped.insert(1, "upper", edges[1:])
     return grouped.rename_axis("bin")
+
+
+def reliability(predictions: pd.DataFrame, labels: Sequence[str], bins: int = 10) -> tuple[pd.DataFrame, float]:
+    """The top-label reliability table of a predictions frame and its expected calibration error."""
+    confidence = probability_matrix(predictions, labels).max(axis=1)
+    correct = (predictions["label"] == predictions["pred"]).to_numpy()
+    return reliability_table(confidence, correct, bins), expected_calibration_error(confidence, correct, bins)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -217,11 +250,51 @@ def confused_pairs(predictions: pd.DataFrame, labels: Sequence[str]) -> pd.DataF
                              ascending=[False, False, True, True]).reset_index(drop=True)
 
 
+def mistake_figures(predictions: pd.DataFrame, labels: Sequence[str], pixels: np.ndarray, *,
+                    pairs: int = 3, per_pair: int = 8) -> dict[str, "Figure"]:
+    """Galleries of the most confident mistakes of the `pairs` most confused (true, predicted) pairs.
+
+    Args:
+        predictions: The predictions frame, in `pixels`' row order.
+        labels: The model's classes.
+        pixels: The evaluated images.
+        pairs: How many of the most confused pairs get a gallery.
+        per_pair: Images per gallery.
+
+    Returns:
+        Figures by name, `mistakes_<true>_as_<predicted>`, most confused pair first.
+    """
+    from fer_lab import plots
+
+    figures = {}
+    for true, predicted in confused_pairs(predictions, labels)[["true", "predicted"]].head(pairs).itertuples(index=False):
+        mistakes = confident_mistakes(predictions, true, predicted, k=per_pair)
+        figures[f"mistakes_{true}_as_{predicted}"] = plots.image_grid(
+            pixels[mistakes.index], [f"p={c:.2f}" for c in mistakes["confidence"]],
+            ncols=per_pair, title=f"true {true}, predicted {predicted}")
+    return figures
+
+
 def confident_mistakes(predictions: pd.DataFrame, true: str, predicted: str, k: int = 8) -> pd.DataFrame:
-    """The `k` images of class `true` predicted as `predicted` with the highest confidence."""
+    """The images of class `true` predicted as `predicted` with the highest confidence.
+
+    Args:
+        predictions: The predictions frame.
+        true: The true class.
+        predicted: The predicted class.
+        k: At most this many images.
+
+    Returns:
+        Their rows, most confident first, with the confidence in column `confidence`.
+    """
     wrong = predictions[(predictions["label"] == true) & (predictions["pred"] == predicted)]
     wrong = wrong.assign(confidence=wrong[prob_column(predicted)])
     return wrong.sort_values("confidence", ascending=False).head(k)
+
+
+def training_sha1(manifest: pd.DataFrame) -> pd.Series:
+    """Pixel hashes of the manifest's readable training images, to look for leaks with `leakage_report`."""
+    return manifest.loc[(manifest["split"] == "train") & manifest["readable"].astype(bool), "sha1"]
 
 
 def leaked_mask(predictions: pd.DataFrame, train_sha1: Sequence[str]) -> np.ndarray:
@@ -256,11 +329,54 @@ def tta_settings(tta: bool | str, crop: int, training_run_id: str) -> tuple[str,
     """
     mode = {True: "flip", False: "none"}.get(tta, tta) if isinstance(tta, bool) else str(tta).lower()
     if mode not in augment.TTA_MODES:
-        raise FerLabError(f"tta must be one of {', '.join(augment.TTA_MODES)}, not {tta!r}")
-    if mode == "tencrop" and not crop:
-        augmented = json.loads(mlflow.get_run(training_run_id).data.params.get("augment") or "{}")
-        crop = int(augmented.get("crop") or DEFAULT_TENCROP)
-    return mode, int(crop)
+        raise ConfigError(f"tta must be one of {', '.join(augment.TTA_MODES)}, not {tta!r}")
+    try:
+        if mode == "tencrop" and not crop:
+            augmented = json.loads(tracking.run_params(training_run_id).get("augment") or "{}")
+            crop = int(augmented.get("crop") or DEFAULT_TENCROP)
+        return mode, int(crop)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"no ten-crop side from tta_crop={crop!r} or the training run's augment parameter "
+                          f"({error})") from error
+
+
+@dataclass(frozen=True)
+class TtaResult:
+    """Test-time augmentation of an evaluation: its mode, the metrics it adds and the tags to set."""
+
+    mode: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def summary(self, accuracy: float) -> str:
+        """One line: the accuracy without and with averaging, or that averaging is off."""
+        if not self.metrics:
+            return "test-time augmentation is off (tta = none)"
+        return (f"accuracy {accuracy:.4f} -> {self.metrics['accuracy_tta']:.4f} with {self.mode} averaging "
+                f"({self.metrics['tta_gain']:+.4f})")
+
+
+def evaluate_tta(model: Any, pixels: np.ndarray, plain: pd.DataFrame, labels: Sequence[str], *,
+                 mode: str, crop: int, batch_size: int = 256) -> TtaResult:
+    """Predict `pixels` again averaged over the views of `mode` and measure the gain over `plain`.
+
+    Args:
+        model: The classifier `plain` came from.
+        pixels: The evaluated images, in `plain`'s row order.
+        plain: The predictions frame without augmentation.
+        labels: The model's classes, in output order.
+        mode: none, flip or tencrop (see `tta_settings`).
+        crop: The ten-crop side in pixels.
+        batch_size: Images per model call.
+
+    Returns:
+        The mode, metrics `accuracy_tta` and `tta_gain` (none for mode none) and tag `tta`.
+    """
+    if mode == "none":
+        return TtaResult(mode)
+    averaged = predict_probabilities(model, pixels, batch_size=batch_size, tta=mode, crop=crop)
+    _, gain = tta_report(plain, averaged, labels)
+    return TtaResult(mode, gain, {"tta": mode + (f"@{crop}px" if mode == "tencrop" else "")})
 
 
 def tta_report(plain: pd.DataFrame, averaged_probabilities: np.ndarray,
@@ -294,21 +410,23 @@ def evaluation_set_fingerprint(predictions: pd.DataFrame) -> str:
     return hashlib.sha1("\n".join(rows).encode()).hexdigest()
 
 
+def prefixed(values: Mapping[str, float], prefix: str, skip: Sequence[str] = ()) -> dict[str, float]:
+    """`values` with `prefix` before every name, leaving out the names in `skip`."""
+    return {prefix + name: value for name, value in values.items() if name not in skip}
+
+
+def headline_metrics(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
+    """The `HEADLINE_METRICS` of flat metrics named `<prefix><name>`, without the prefix."""
+    return {name: metrics[prefix + name] for name in HEADLINE_METRICS}
+
+
+def headline_table(headline: dict[str, float], leakage: dict[str, float]) -> pd.DataFrame:
+    """The report's metric table: the headline numbers, then accuracy without leaked images and their count."""
+    names = [*headline, "accuracy_without_leaked", "leaked_images"]
+    values = [*headline.values(), leakage["accuracy_without_leaked"], leakage["leaked_images"]]
+    return pd.DataFrame({"metric": names, "value": values})
+
+
 def evaluation_set_tag(split: str) -> str:
     """Tag holding `evaluation_set_fingerprint` for `split` on evaluated runs (e.g. `test_set_fingerprint`)."""
     return f"{metric_prefix(split)}set_fingerprint"
-
-
-def record_on_training_run(run_id: str, metrics: dict[str, float], artifacts: Sequence[str | Path] = (),
-                           tags: dict[str, str] | None = None) -> None:
-    """Copy evaluation metrics, tags and files onto the evaluated training run (it may already be finished),
-    so that 05_compare finds test numbers and predictions next to the parameters that produced them."""
-    client = mlflow.MlflowClient()
-    for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, value)
-    stamp = int(time.time() * 1000)
-    batch = [Metric(key, float(value), stamp, 0) for key, value in metrics.items() if np.isfinite(value)]
-    for start in range(0, len(batch), 500):  # MLflow's per-request metric limit is 1000
-        client.log_batch(run_id, metrics=batch[start:start + 500])
-    for artifact in artifacts:
-        client.log_artifact(run_id, str(artifact))

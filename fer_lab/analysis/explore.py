@@ -1,4 +1,11 @@
-"""Dataset exploration (01_explore): class balance, pixel statistics, duplicates, leakage, blanks, votes."""
+"""Dataset exploration (01_explore): class balance, pixel statistics, duplicates, leakage, near-constant images, votes.
+
+Vocabulary: `contrast` here is the RMS contrast (a pixel standard deviation) and *near-constant*
+means a standard deviation below `max_std`: statistics that describe the dataset. The face filter
+judges content with different statistics (`fer_lab.faces.content`: `grey_range`, and `is_blank`,
+the 2-98% grey range below a limit, the one definition of a *blank* image); the two agree on
+all-black or flat frames but are not interchangeable.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ def imbalance_ratio(manifest: pd.DataFrame, split: str = "train") -> float:
 
 
 def pixel_statistics(pixels: np.ndarray) -> pd.DataFrame:
-    """Per-image brightness (mean), contrast (standard deviation) and intensity range."""
+    """Per-image brightness (mean), contrast (RMS contrast: the standard deviation) and range (max - min)."""
     flat = pixels.reshape(len(pixels), -1).astype(np.float32)
     return pd.DataFrame({
         "brightness": flat.mean(axis=1),
@@ -34,7 +41,7 @@ def pixel_statistics(pixels: np.ndarray) -> pd.DataFrame:
     })
 
 
-def blank_mask(pixels: np.ndarray, max_std: float = 3.0) -> np.ndarray:
+def near_constant_mask(pixels: np.ndarray, max_std: float = 3.0) -> np.ndarray:
     """True for near-constant images (all black, all white, flat grey): standard deviation below `max_std`."""
     return pixels.reshape(len(pixels), -1).std(axis=1) < max_std
 
@@ -101,7 +108,7 @@ def findings(manifest: pd.DataFrame, pixels: np.ndarray, *, max_std: float = 3.0
         ("conflicting_duplicate_groups", "groups with conflicting labels", int(groups["conflicting_labels"].sum()),
          "same pixels, different labels"),
         ("leaked_images", "val/test images also in train", len(leaks), per_split),
-        ("near_constant_images", "near-constant images", int(blank_mask(pixels, max_std).sum()),
+        ("near_constant_images", "near-constant images", int(near_constant_mask(pixels, max_std).sum()),
          f"pixel standard deviation < {max_std}"),
     ]
     if any(column in manifest for column in FERPLUS_CLASS):

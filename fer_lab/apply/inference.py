@@ -1,12 +1,14 @@
 """Apply a trained model to photos: find faces, crop them as the training images frame them, classify in batches.
 
-A full-size photo is not a 48x48 FER image: faces are anywhere, at any size. dlib's HOG detector
-(the one `fer_lab.faces.detection` uses on FER images) finds faces of about 80 pixels and up in the image
-it is given, so a large photo is downscaled to at most `max_side` pixels before detection and the
-boxes are mapped back to the original. Each face is then cut from the full-resolution grayscale
-image as a square framed the way the training images frame their faces (`Framing`, measured on
-the training data by `measure_framing`) and converted with `imaging.to_model_input`, the
-function training's pixel loading uses, so the model sees pixels prepared exactly as in training.
+A full-size photo is not a 48x48 FER image: faces are anywhere, at any size. The face detector
+(`fer_lab.faces.detector`, the one `fer_lab.faces.detection` uses on FER images) finds faces of
+about 80 pixels and up in the image it is given, so `FaceDetector` downscales a large photo to at
+most `max_side` pixels and maps the boxes back (x1/y1 exclusive, as that module documents). Each
+face is then cut from the full-resolution grayscale image as a square framed the way the training
+images frame their faces (`Framing`, measured on the training data by `measure_framing`) and
+converted with `imaging.to_model_input`, the function training's pixel loading uses, so the model
+sees pixels prepared exactly as in training.
+Drawing boxes and labels is `fer_lab.apply.annotate`'s.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from fer_lab import data
+from fer_lab._shared import chunks, one_line
+from fer_lab.apply.annotate import annotate
 from fer_lab.data import CLASSES, IMAGE_EXTENSIONS, imaging
-from fer_lab.errors import FerLabError
-from fer_lab.faces import detection
+from fer_lab.errors import ConfigError, DataError, FerLabError
+from fer_lab.faces.detector import BOX_COLUMNS, DetectorConfig, FaceDetector
 
 # A dlib HOG box covers about 1/1.19 of a FER2013 image's side, with its centre 8% of the box side
 # below the image centre (`measure_framing` on FER2013 training images, two seeds): the default framing.
@@ -33,79 +38,10 @@ FER2013_SCALE = 1.19
 FER2013_LIFT = 0.08
 # Detections weaker than this are not used to measure a dataset's framing.
 FRAMING_MIN_SCORE = 0.0
-# The smallest face (in detection-image pixels) dlib's HOG detector finds without upsampling.
-HOG_MIN_FACE = 80
 # Larger images are refused rather than decoded: 100 Mpx is several times any camera's output.
 MAX_PIXELS = 100_000_000
-BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _RUNS_URI = re.compile(r"^runs:/([0-9a-f]{32})/model/?$")
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """How faces are found in a full-size image.
-
-    `max_side`: the detector sees the image downscaled so its longer side is at most this many
-    pixels (never upscaled); faces smaller than about HOG_MIN_FACE / scale pixels are missed.
-    `upsample`: dlib pyramid upsampling (each step finds faces half as small, at ~4x the time).
-    `threshold`: minimum HOG score (dlib's own default is 0).
-    """
-
-    max_side: int = 1024
-    upsample: int = 0
-    threshold: float = 0.0
-    model: Literal["hog", "cnn"] = "hog"
-
-    def __post_init__(self) -> None:
-        if self.model not in ("hog", "cnn"):
-            raise FerLabError(f"detector model must be hog or cnn, not {self.model!r}")
-        if not 64 <= self.max_side <= 8192:
-            raise FerLabError(f"detector max_side must be between 64 and 8192 pixels, not {self.max_side}")
-        if not 0 <= self.upsample <= 2:
-            raise FerLabError(f"detector upsample must be 0, 1 or 2, not {self.upsample}")
-
-    def min_face(self, height: int, width: int) -> float:
-        """The smallest face (in original pixels) this configuration can find in a height x width image."""
-        scale = min(1.0, self.max_side / max(height, width)) * 2**self.upsample
-        return HOG_MIN_FACE / scale
-
-
-class FaceDetector:
-    """dlib's frontal face detector on a downscaled copy of the image, boxes in original pixels."""
-
-    def __init__(self, config: DetectorConfig = DetectorConfig()) -> None:
-        import dlib
-
-        self.config = config
-        if config.model == "hog":
-            self._hog = dlib.get_frontal_face_detector()
-        else:
-            face_recognition_models = detection.import_quietly("face_recognition_models")
-            self._cnn = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
-
-    def __call__(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes (K, 4) as x0, y0, x1, y1 in `gray`'s pixels and their scores (K,), best first."""
-        height, width = gray.shape
-        scale = min(1.0, self.config.max_side / max(height, width))
-        small = gray
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
-        if self.config.model == "hog":
-            rects, scores, _ = self._hog.run(small, self.config.upsample, self.config.threshold)
-        else:
-            found = self._cnn(small, self.config.upsample)
-            rects, scores = [d.rect for d in found], [d.confidence for d in found]
-        if not len(rects):
-            return np.zeros((0, 4)), np.zeros(0)
-        boxes = np.array([[r.left(), r.top(), r.right(), r.bottom()] for r in rects], dtype=float)
-        # dlib boxes may reach past the border; x1/y1 are inclusive pixel indices, hence +1.
-        boxes[:, 2:] += 1
-        boxes = boxes * (np.array([width, height, width, height]) / np.array(small.shape[::-1] * 2))
-        boxes = np.clip(boxes, 0, [width, height, width, height])
-        order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
-        return boxes[order], np.asarray(scores, dtype=float)[order]
 
 
 @dataclass(frozen=True)
@@ -123,7 +59,7 @@ class Framing:
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.scale <= 4.0 or not -1.0 <= self.lift <= 1.0:
-            raise FerLabError(f"implausible face framing: scale {self.scale:.2f}, lift {self.lift:.2f}")
+            raise ConfigError(f"implausible face framing: scale {self.scale:.2f}, lift {self.lift:.2f}")
 
 
 def measure_framing(pixels: np.ndarray, *, max_images: int = 300, seed: int = 0) -> Framing:
@@ -155,6 +91,25 @@ def measure_framing(pixels: np.ndarray, *, max_images: int = 300, seed: int = 0)
     return Framing(round(float(np.median(scales)), 3), round(float(np.median(lifts)), 3), len(scales))
 
 
+def training_framing(data_path: str | os.PathLike[str], manifest: pd.DataFrame, *, count: int = 300,
+                     seed: int = 0) -> Framing:
+    """`measure_framing` on `count` random readable training images of a dataset.
+
+    Args:
+        data_path: The dataset.
+        manifest: Its manifest.
+        count: How many training images to sample.
+        seed: Chooses the images (and `measure_framing`'s sizes).
+
+    Returns:
+        The measured framing (FER2013's when too few faces are found).
+    """
+    readable = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
+    train = readable[readable["split"] == "train"]
+    rows = train.sample(n=min(count, len(train)), random_state=seed).reset_index(drop=True)
+    return measure_framing(data.load_pixels(data_path, rows), seed=seed)
+
+
 def face_square(box: Sequence[float], framing: Framing = Framing()) -> tuple[int, int, int]:
     """The square crop (left, top, side) framing a detected face box like a training image."""
     x0, y0, x1, y1 = box
@@ -174,13 +129,23 @@ def crop_face(gray: np.ndarray, box: Sequence[float], framing: Framing = Framing
     if not (pad_left or pad_top or pad_right or pad_bottom):
         return inside
     if inside.size == 0:
-        raise FerLabError(f"face box {tuple(round(v) for v in box)} lies outside the {width}x{height} image")
+        raise ConfigError(f"face box {tuple(round(v) for v in box)} lies outside the {width}x{height} image")
     return np.pad(inside, ((pad_top, pad_bottom), (pad_left, pad_right)), mode="edge")
 
 
 def face_inputs(gray: np.ndarray, boxes: np.ndarray, size: int = imaging.MODEL_SIZE,
                 framing: Framing = Framing()) -> np.ndarray:
-    """Model inputs (K, size, size) uint8 for the faces at `boxes`, via `imaging.to_model_input`."""
+    """Model inputs for the faces at `boxes`, via `imaging.to_model_input`.
+
+    Args:
+        gray: The 2-D uint8 image.
+        boxes: (K, 4) face boxes in its pixels.
+        size: The model's input side.
+        framing: How training images frame their faces.
+
+    Returns:
+        (K, size, size) uint8 pixels.
+    """
     out = np.empty((len(boxes), size, size), dtype=np.uint8)
     for index, box in enumerate(boxes):
         out[index] = imaging.to_model_input(crop_face(gray, box, framing), size)
@@ -190,7 +155,7 @@ def face_inputs(gray: np.ndarray, boxes: np.ndarray, size: int = imaging.MODEL_S
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file as 2-D uint8 grayscale (`imaging.to_gray`), upright per its EXIF orientation.
 
-    Raises FerLabError naming the file when it cannot be decoded or has more than `max_pixels`.
+    Raises DataError naming the file when it cannot be decoded or has more than `max_pixels`.
     """
     path = Path(path)
     try:
@@ -199,18 +164,18 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise FerLabError(_too_large(path, width, height, max_pixels))
+                    raise DataError(_too_large(path, width, height, max_pixels))
                 return imaging.to_gray(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as error:
         sizes = re.findall(r"\d+", str(error))
         pixels = f"{int(sizes[0]) / 1e6:.0f} Mpx" if sizes else "too many pixels"
-        raise FerLabError(f"{path}: image is too large to read ({pixels}; the limit is {max_pixels / 1e6:.0f} Mpx)") from error
+        raise DataError(f"{path}: image is too large to read ({pixels}; the limit is {max_pixels / 1e6:.0f} Mpx)") from error
     except FileNotFoundError as error:
-        raise FerLabError(f"{path}: no such file") from error
+        raise DataError(f"{path}: no such file") from error
     except Image.UnidentifiedImageError as error:
-        raise FerLabError(f"{path}: not an image this predictor can read") from error
+        raise DataError(f"{path}: not an image this predictor can read") from error
     except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise FerLabError(f"{path}: cannot decode image ({' '.join(str(error).split()) or type(error).__name__})") from error
+        raise DataError(f"{path}: cannot decode image ({one_line(error)})") from error
 
 
 def _too_large(path: Path, width: int, height: int, max_pixels: int) -> str:
@@ -224,11 +189,11 @@ def image_files(path: str | os.PathLike[str]) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FerLabError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
-        raise FerLabError(f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return files
 
 
@@ -245,8 +210,8 @@ class LoadedModel:
 def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
     """Load a model from an MLflow run id, a model URI (`runs:/<id>/model`, `models:/name/1`) or a local model folder.
 
-    Run ids go through `fer_lab.training.train.load_run_model`, the loader every notebook uses; other URIs
-    through MLflow's Keras flavor with the labels from the model's metadata.
+    Run ids go through `fer_lab.tracking.load_run_model`, the loader every notebook uses; other URIs
+    through `fer_lab.tracking.load_model` with the labels from the model's metadata.
     """
     from fer_lab import tracking
 
@@ -255,30 +220,18 @@ def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
         raise FerLabError("no model given: pass a run id or a model URI such as runs:/<run id>/model")
     tracking.configure(tracking_uri)
     run_match = _RUN_ID.match(reference) or _RUNS_URI.match(reference)
-    try:
-        if run_match:
-            run_id = run_match.group(1) if run_match.re is _RUNS_URI else reference
-            model, labels = _load_run(run_id)
-        else:
-            model, labels = _load_uri(reference)
-    except FerLabError:
-        raise
-    except Exception as error:  # MLflow raises many types for a missing run, model or registry entry
-        raise FerLabError(f"cannot load model {reference!r}: {' '.join(str(error).split())[:300]}") from error
+    if run_match:
+        run_id = run_match.group(1) if run_match.re is _RUNS_URI else reference
+        model, labels = tracking.load_run_model(run_id)
+    else:
+        model, labels = _load_uri(reference)
     return _checked(model, tuple(labels), reference)
 
 
-def _load_run(run_id: str) -> tuple[Any, Sequence[str]]:
-    from fer_lab.training.train import load_run_model
-
-    return load_run_model(run_id)
-
-
 def _load_uri(uri: str) -> tuple[Any, Sequence[str]]:
-    import mlflow
+    from fer_lab import tracking
 
-    model = mlflow.keras.load_model(uri)
-    metadata = mlflow.models.get_model_info(uri).metadata or {}
+    model, metadata = tracking.load_model(uri)
     labels = metadata.get("labels")
     if labels is None:
         outputs = int(model.output_shape[-1])
@@ -300,11 +253,10 @@ def _checked(model: Any, labels: tuple[str, ...], reference: str) -> LoadedModel
 def default_model_reference(experiment: str = "fer-lab", parent_run_id: str = "", tracking_uri: str = "") -> str:
     """The run id of the training run (tag notebook=03_train) of pipeline `parent_run_id`, else the latest finished one."""
     from fer_lab import tracking
-    from fer_lab.analysis import compare
 
     tracking.configure(tracking_uri)
     try:
-        return compare.resolve_training_run(experiment, parent_run_id)
+        return tracking.resolve_training_run(experiment, parent_run_id)
     except FerLabError as error:
         raise FerLabError(f"no model given and none found: experiment {experiment!r} has no finished 03_train run; "
                           "run 03_train first or name a model (run id, runs:/ID/model or models:/NAME/VERSION)") from error
@@ -326,6 +278,7 @@ class Predictor:
 
     @property
     def labels(self) -> tuple[str, ...]:
+        """The model's class names, in output order."""
         return self.loaded.labels
 
     def inputs(self, gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -374,7 +327,7 @@ class Predictor:
 
         tables = []
         with tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar:
-            for batch in _chunks([Path(path) for path in paths], chunk):
+            for batch in chunks([Path(path) for path in paths], chunk):
                 # Only boxes and 48x48 inputs are kept per file, not the decoded photos.
                 found = [self._faces_in_file(path) for path in batch]
                 inputs = [face.inputs for face in found]
@@ -415,7 +368,17 @@ class _FileFaces:
 
 
 def face_table(boxes: np.ndarray, scores: np.ndarray, probabilities: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
-    """Per-face rows: face (0.. in score order), box x0,y0,x1,y1, detector score, label, confidence, p_<label>."""
+    """Per-face rows: face (0.. in score order), box x0,y0,x1,y1, detector score, label, confidence, p_<label>.
+
+    Args:
+        boxes: (K, 4) face boxes.
+        scores: (K,) detector scores.
+        probabilities: (K, classes) model outputs.
+        labels: The class names, in output order.
+
+    Returns:
+        One row per face.
+    """
     probabilities = np.asarray(probabilities, dtype=float).reshape(-1, len(labels))
     table = pd.DataFrame(np.asarray(boxes, dtype=float).reshape(-1, 4), columns=list(BOX_COLUMNS))
     table.insert(0, "face", pd.array(np.arange(len(table)), dtype="Int64"))
@@ -480,48 +443,3 @@ class ImagePredictions:
                 Image.fromarray(self.annotated(path)).save(target, quality=90)
                 written.append(target)
         return written
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def annotate(image: np.ndarray, faces: pd.DataFrame) -> np.ndarray:
-    """A copy of an RGB (or grayscale) uint8 image with each face's box and `label confidence` drawn on it."""
-    faces = faces[faces["label"] != ""]
-    captions = [f"{label} {confidence:.2f}" for label, confidence in zip(faces["label"], faces["confidence"])]
-    return draw_boxes(image, faces[list(BOX_COLUMNS)].to_numpy(), captions, list(faces["label"]))
-
-
-def draw_boxes(image: np.ndarray, boxes: np.ndarray, captions: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-    """A copy of an RGB (or grayscale) uint8 image with boxes (x0, y0, x1, y1) in their label's colour, captioned."""
-    import cv2
-
-    canvas = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]).copy()
-    thickness = max(1, round(max(canvas.shape[:2]) / 500))
-    font_scale = max(0.4, max(canvas.shape[:2]) / 1400)
-    for box, caption, label in zip(boxes, captions, labels):
-        x0, y0, x1, y1 = (int(round(value)) for value in box)
-        color = _label_color(label)
-        cv2.rectangle(canvas, (x0, y0), (x1, y1), color, thickness)
-        (text_width, text_height), baseline = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-        top = max(0, y0 - text_height - baseline - 2)
-        cv2.rectangle(canvas, (x0, top), (x0 + text_width + 2, top + text_height + baseline + 2), color, -1)
-        cv2.putText(canvas, caption, (x0 + 1, top + text_height + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (0, 0, 0), thickness, cv2.LINE_AA)
-    return canvas
-
-
-# One fixed colour per emotion so every figure and video uses the same ones (RGB, from tab10).
-_LABEL_COLORS = {"angry": (214, 39, 40), "disgust": (188, 189, 34), "fear": (148, 103, 189), "happy": (255, 127, 14),
-                 "neutral": (127, 127, 127), "sad": (31, 119, 180), "surprise": (44, 160, 44)}
-
-
-def _label_color(label: str) -> tuple[int, int, int]:
-    return _LABEL_COLORS.get(label, (23, 190, 207))
-
-
-def label_color(label: str) -> str:
-    """The matplotlib colour (hex) of an emotion, matching the boxes drawn by `annotate`."""
-    return "#{:02x}{:02x}{:02x}".format(*_label_color(label))

@@ -28,7 +28,7 @@ from fer_lab.data.manifest import (
     write_manifest,
 )
 from fer_lab.data.pixels import load_pixels
-from fer_lab.data.votes import VOTES_FILENAME
+from fer_lab.data.votes import VOTES_FILENAME, with_label_source
 
 __all__ = [
     "CLASSES",
@@ -60,5 +60,6 @@ __all__ = [
     "manifest_report",
     "read_manifest",
     "unreadable_summary",
+    "with_label_source",
     "write_manifest",
 ]

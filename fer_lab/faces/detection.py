@@ -1,4 +1,4 @@
-"""Face detection on small grayscale images with dlib, in parallel over all cores, cached on disk.
+"""Face detection on small grayscale images, in parallel over all cores, cached on disk.
 
 dlib's HOG detector looks at 80x80 windows, so a 48x48 FER image is first resized once to
 `size` pixels (bicubic) and given a replicated border of `padding` (a fraction of `size`) so the
@@ -9,44 +9,43 @@ multiplies the cost by about four. At size 96 the window already covers most of 
 padding, which adds a pyramid level (about 1.5-2x the time), did not improve the trade-off on
 FER2013, so the default uses none (see the sweep in notebook 02 and benchmarks/bench_faces.py).
 
+The detector is `fer_lab.faces.detector.Detector` (the one dlib detector, with its box convention:
+x1/y1 exclusive); boxes are mapped back to the 48x48 image's pixels and rounded to 0.01 pixel.
+
 Every detection is stored in an sqlite file per detector configuration, keyed by the sha1 of the
 image's pixels. The HOG detector is run with a low score floor and its detections above it are kept,
 so the decision threshold can change without detecting again. Finished chunks are committed as
 they arrive, so an interrupted run resumes where it stopped.
 
-Besides detections, each image gets three cheap pixel statistics used by `fer_lab.faces.filtering`:
-`contrast` (2nd-98th percentile range), `flatness` (share of pixels whose 3x3 neighbourhood
-varies by at most 4 grey levels: large for text, icons and flat placeholders, small for photos)
-and `noise` (robust pixel-noise estimate relative to the image's standard deviation: near 1 for
-random noise, below 0.36 for every FER2013 image).
+Besides detections, each image gets the cheap pixel statistics of `fer_lab.faces.content`
+(`grey_range`, `flatness`, `noise`) that `fer_lab.faces.filtering` decides with.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import multiprocessing
 import os
 import sqlite3
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from fer_lab.errors import FerLabError
+from fer_lab._shared import available_cores, chunks
+from fer_lab.errors import ConfigError, DataError
+from fer_lab.faces.content import STATISTICS, content_statistics
+from fer_lab.faces.detector import Detector, Model, check_model, to_original
 
 if TYPE_CHECKING:  # pandas is imported where tables are built: detector workers never need it
     import pandas as pd
 
-MODELS = ("hog", "cnn")
 # The lowest HOG score kept in the cache; far below any useful threshold, so sweeps reuse it.
 HOG_SCORE_FLOOR = -2.5
 # At most this many detections are stored per image (best first).
@@ -55,33 +54,32 @@ MAX_DETECTIONS = 8
 SAME_FACE_OVERLAP = 0.3
 # The CNN (MMOD) detector reports only detections it accepts, so its scores start at 0.
 CNN_SCORE_FLOOR = 0.0
-FLAT_RANGE = 4
-CACHE_VERSION = 3
+# 4: boxes follow the detector's convention (x1/y1 exclusive) and the statistic is named grey_range.
+CACHE_VERSION = 4
 # Below this many images a process pool costs more to start than it saves.
 MIN_IMAGES_FOR_POOL = 2000
 RESULT_COLUMNS = ("face_found", "n_faces", "face_score", "box_x0", "box_y0", "box_x1", "box_y1",
-                  "contrast", "flatness", "noise")
+                  *STATISTICS)
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
     """How to detect faces; `threshold` only decides, the other fields define what is cached."""
 
-    model: Literal["hog", "cnn"] = "hog"
+    model: Model = "hog"
     size: int = 96
     padding: float = 0.0
     upsample: int = 0
     threshold: float = -1.8
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise FerLabError(f"detector model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        check_model(self.model)
         if not 16 <= self.size <= 1024:
-            raise FerLabError(f"detector size must be between 16 and 1024 pixels, not {self.size}")
+            raise ConfigError(f"detector size must be between 16 and 1024 pixels, not {self.size}")
         if not 0.0 <= self.padding <= 1.0:
-            raise FerLabError(f"detector padding must be a fraction between 0 and 1, not {self.padding}")
+            raise ConfigError(f"detector padding must be a fraction between 0 and 1, not {self.padding}")
         if not 0 <= self.upsample <= 3:
-            raise FerLabError(f"detector upsample must be 0..3, not {self.upsample}")
+            raise ConfigError(f"detector upsample must be 0..3, not {self.upsample}")
 
     @property
     def score_floor(self) -> float:
@@ -92,6 +90,7 @@ class DetectorSettings:
 
     @property
     def pad_pixels(self) -> int:
+        """The replicated border around the resized image, in pixels."""
         return int(round(self.padding * self.size))
 
     def cache_name(self) -> str:
@@ -131,86 +130,20 @@ def prepare(image: np.ndarray, settings: DetectorSettings) -> np.ndarray:
     return np.pad(pixels, pad, mode="edge") if pad else pixels
 
 
-def import_quietly(module: str) -> ModuleType:
-    """Import `face_recognition` or `face_recognition_models` without their pkg_resources deprecation warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return importlib.import_module(module)
-
-
-def pixel_statistics(image: np.ndarray) -> tuple[float, float, float]:
-    """(contrast, flatness, noise) of a 2-D uint8 image; see the module docstring.
-
-    Written for speed on small images (it runs once per image, beside the detector): histograms
-    instead of sorting, slices instead of np.pad.
-    """
-    pixels = np.asarray(image, dtype=np.uint8)
-    count = pixels.size
-    histogram = np.bincount(pixels.ravel(), minlength=256)
-    cumulative = np.cumsum(histogram)
-    contrast = float(np.searchsorted(cumulative, 0.98 * count) - np.searchsorted(cumulative, 0.02 * count))
-    mean = float(histogram @ _LEVELS) / count
-    spread = max(0.0, float(histogram @ _LEVELS**2) / count - mean * mean) ** 0.5
-
-    height, width = pixels.shape
-    padded = np.empty((height + 2, width + 2), np.int16)  # edge-replicated border
-    padded[1:-1, 1:-1] = pixels
-    padded[0, 1:-1], padded[-1, 1:-1] = pixels[0], pixels[-1]
-    padded[:, 0], padded[:, -1] = padded[:, 1], padded[:, -2]
-    # 3x3 max and min, separably: rows first, then columns.
-    row_max = np.maximum(np.maximum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
-    row_min = np.minimum(np.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
-    local_max = np.maximum(np.maximum(row_max[:-2], row_max[1:-1]), row_max[2:])
-    local_min = np.minimum(np.minimum(row_min[:-2], row_min[1:-1]), row_min[2:])
-    flatness = float(np.count_nonzero(local_max - local_min <= FLAT_RANGE)) / count
-
-    # Immerkaer's noise estimate (a Laplacian-difference mask that cancels edges and ramps), with
-    # the median, not the mean, so that the sparse strong edges of drawings do not count as noise.
-    x = padded[1:-1, 1:-1]
-    residual = (x[:-2, :-2] - 2 * x[:-2, 1:-1] + x[:-2, 2:] - 2 * x[1:-1, :-2] + 4 * x[1:-1, 1:-1]
-                - 2 * x[1:-1, 2:] + x[2:, :-2] - 2 * x[2:, 1:-1] + x[2:, 2:])
-    magnitudes = np.cumsum(np.bincount(np.abs(residual).ravel()))
-    middle = residual.size // 2  # the median of an even count averages the two middle values
-    median = (np.searchsorted(magnitudes, middle) + np.searchsorted(magnitudes, middle + 1)) / 2
-    if residual.size % 2:
-        median = float(np.searchsorted(magnitudes, middle + 1))
-    sigma = float(median) / 0.6745 / 6
-    return contrast, flatness, sigma / spread if spread > 0 else 0.0
-
-
-_LEVELS = np.arange(256, dtype=np.float64)
-
-
 class _Detector:
-    """One dlib detector per process, mapping its boxes back to the original image's pixels."""
+    """The detector on `prepare`d images, boxes mapped back to the original image's pixels."""
 
     def __init__(self, settings: DetectorSettings) -> None:
-        import dlib
-
         self.settings = settings
-        if settings.model == "hog":
-            self._hog = dlib.get_frontal_face_detector()
-        else:
-            face_recognition_models = import_quietly("face_recognition_models")
-            self._cnn = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+        self._detector = Detector(settings.model)
 
     def __call__(self, image: np.ndarray) -> list[list[float]]:
         """Detections as [score, x0, y0, x1, y1] in `image`'s pixels, best first, at most MAX_DETECTIONS."""
-        prepared = prepare(image, self.settings)
-        if self.settings.model == "hog":
-            rects, scores, _ = self._hog.run(prepared, self.settings.upsample, self.settings.score_floor)
-            found = sorted(zip(scores, rects), key=lambda pair: -pair[0])
-        else:
-            found = sorted(((d.confidence, d.rect) for d in self._cnn(prepared, self.settings.upsample)),
-                           key=lambda pair: -pair[0])
+        boxes, scores = self._detector(prepare(image, self.settings), self.settings.upsample, self.settings.score_floor)
         height, width = image.shape
-        pad = self.settings.pad_pixels
-
-        def place(value: int, original: int) -> float:
-            return round(min(max((value - pad) * original / self.settings.size, 0.0), float(original)), 2)
-
-        return [[round(float(score), 4), place(rect.left(), width), place(rect.top(), height),
-                 place(rect.right(), width), place(rect.bottom(), height)] for score, rect in found[:MAX_DETECTIONS]]
+        scale = (width / self.settings.size, height / self.settings.size)
+        placed = to_original(boxes[:MAX_DETECTIONS], scale, image.shape, self.settings.pad_pixels).round(2)
+        return [[round(float(score), 4), *map(float, box)] for score, box in zip(scores, placed)]
 
 
 _worker_detector: _Detector | None = None
@@ -229,7 +162,7 @@ def _detect_chunk(chunk: tuple[list[str], np.ndarray]) -> list[tuple[Any, ...]]:
 
 
 def _cache_row(key: str, image: np.ndarray, detector: _Detector) -> tuple[Any, ...]:
-    return (key, json.dumps(detector(image)), *pixel_statistics(image))
+    return (key, json.dumps(detector(image)), *content_statistics(image))
 
 
 class FaceCache:
@@ -242,7 +175,7 @@ class FaceCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS detections (sha1 TEXT PRIMARY KEY, detections TEXT NOT NULL, "
-            "contrast REAL NOT NULL, flatness REAL NOT NULL, noise REAL NOT NULL)"
+            "grey_range REAL NOT NULL, flatness REAL NOT NULL, noise REAL NOT NULL)"
         )
         self._db.commit()
 
@@ -250,7 +183,7 @@ class FaceCache:
         """Stored rows for those of `keys` that are cached."""
         wanted = set(keys)
         rows = self._db.execute("SELECT * FROM detections").fetchall() if len(wanted) > 5000 else [
-            row for batch in _batches(sorted(wanted), 900) for row in self._db.execute(
+            row for batch in chunks(sorted(wanted), 900) for row in self._db.execute(
                 f"SELECT * FROM detections WHERE sha1 IN ({','.join('?' * len(batch))})", batch)]
         return {row[0]: row for row in rows if row[0] in wanted}
 
@@ -260,20 +193,8 @@ class FaceCache:
         self._db.commit()
 
     def close(self) -> None:
+        """Close the database connection."""
         self._db.close()
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def available_cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def detect(
@@ -286,18 +207,27 @@ def detect(
     chunk_size: int = 256,
     progress: bool = False,
 ) -> Detections:
-    """Detect faces in uint8 (N, H, W) grayscale `images`; one result row per image, in order.
+    """Detect faces in grayscale images; one result row per image, in order.
 
-    `keys` (default: pixel sha1) name images in the cache; equal keys are detected once.
-    Without `cache_dir` nothing is stored. `workers` defaults to all cores, or to this process
-    alone for fewer than MIN_IMAGES_FOR_POOL images to detect.
+    Args:
+        images: uint8 (N, H, W) pixels.
+        settings: How to detect (and, by its threshold, decide).
+        cache_dir: Where the sqlite cache lives; None: nothing is stored.
+        keys: Names of the images in the cache (default: pixel sha1); equal keys are detected once.
+        workers: Detector processes; default all cores, or this process alone for fewer than
+            MIN_IMAGES_FOR_POOL images to detect.
+        chunk_size: Images per worker task (and per cache commit).
+        progress: Show a progress bar.
+
+    Returns:
+        RESULT_COLUMNS per image and how many were computed or read from the cache.
     """
     images = np.asarray(images)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise FerLabError(f"detect expects uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
+        raise DataError(f"detect expects uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
     keys = [pixel_key(image) for image in images] if keys is None else list(keys)
     if len(keys) != len(images):
-        raise FerLabError(f"{len(keys)} keys for {len(images)} images")
+        raise ConfigError(f"{len(keys)} keys for {len(images)} images")
     started = time.perf_counter()
     stored, computed = _detect_keys(keys, lambda rows: images[rows], settings, cache_dir, workers, chunk_size,
                                     progress)
@@ -317,8 +247,18 @@ def detect_manifest(
 ) -> Detections:
     """Detections for every readable manifest row; unreadable rows get no face and NaN statistics.
 
-    The cache lives in `<work_dir>/cache/faces/` and is keyed by the manifest's pixel sha1;
-    pixels are loaded only for rows not cached yet, so a cached re-run reads no image.
+    Args:
+        manifest: The dataset manifest (its `readable` and `sha1` columns are used).
+        data_path: The dataset; pixels are loaded only for rows not cached yet, so a cached
+            re-run reads no image.
+        settings: How to detect and decide.
+        work_dir: The cache lives in `<work_dir>/cache/faces/`, keyed by the manifest's pixel
+            sha1; None: no cache.
+        workers: Detector processes (see `detect`).
+        progress: Show a progress bar.
+
+    Returns:
+        RESULT_COLUMNS per manifest row (same index) and the computed/cached counts.
     """
     from fer_lab import data
 
@@ -327,6 +267,7 @@ def detect_manifest(
     readable_rows = manifest.iloc[rows].reset_index(drop=True)
 
     def load(positions: np.ndarray) -> np.ndarray:
+        """Pixels of the readable rows at `positions`."""
         return data.load_pixels(data_path, readable_rows.iloc[positions].reset_index(drop=True))
 
     cache_dir = Path(work_dir) / "cache" / "faces" if work_dir is not None else None
@@ -382,27 +323,28 @@ def _compute(
     """Yield cache rows chunk by chunk as they finish, in a process pool when worth it."""
     from tqdm import tqdm
 
-    chunks = [(keys[start:start + chunk_size], images[start:start + chunk_size])
-              for start in range(0, len(keys), chunk_size)]
+    pieces = list(zip(chunks(keys, chunk_size), chunks(images, chunk_size)))
     if workers is None:
         workers = available_cores() if len(keys) >= MIN_IMAGES_FOR_POOL else 1
-    workers = min(workers, len(chunks))
+    workers = min(workers, len(pieces))
     bar = tqdm(total=len(keys), desc=f"faces ({settings.model})", unit="img", disable=not progress,
                mininterval=2.0)
     try:
         if workers <= 1:
             _init_worker(settings)
-            for chunk in chunks:
+            for chunk in pieces:
                 computed = _detect_chunk(chunk)
                 bar.update(len(computed))
                 yield computed
             return
-        # spawn, not fork: the notebook kernel may hold TensorFlow threads that fork would copy.
-        # An executor (unlike multiprocessing.Pool) fails instead of hanging when a worker dies.
+        # Always spawn, not `_shared.process_pool`'s fork-when-single-threaded: that check sees only
+        # Python threads, while a kernel that imported TensorFlow or a BLAS holds native threads whose
+        # locks fork would copy into dlib's workers. An executor (unlike multiprocessing.Pool) fails
+        # instead of hanging when a worker dies.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                  initargs=(settings,)) as pool:
-            pending = [pool.submit(_detect_chunk, chunk) for chunk in chunks]
+            pending = [pool.submit(_detect_chunk, chunk) for chunk in pieces]
             try:
                 for future in as_completed(pending):
                     computed = future.result()
@@ -428,7 +370,7 @@ def results_table(rows: Sequence[tuple[Any, ...]], threshold: float) -> pd.DataF
     best = np.array([found[0] if found else [np.nan] * 5 for found in detections], dtype=float).reshape(-1, 5)
     table = pd.DataFrame({"face_found": n_faces > 0, "n_faces": n_faces, "face_score": best[:, 0],
                           "box_x0": best[:, 1], "box_y0": best[:, 2], "box_x1": best[:, 3], "box_y1": best[:, 4]})
-    for position, column in enumerate(("contrast", "flatness", "noise"), start=2):
+    for position, column in enumerate(STATISTICS, start=2):
         table[column] = np.array([row[position] for row in rows], dtype=float)
     return table[list(RESULT_COLUMNS)]
 

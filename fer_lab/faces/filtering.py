@@ -3,7 +3,8 @@
 Reject reasons, in the order they are checked (the first that applies is recorded):
 
 - `unreadable`: the manifest could not decode the file.
-- `blank`: near-constant pixels (2nd-98th percentile range below `blank_contrast`).
+- `blank`: near-constant pixels (`content.is_blank`: 2nd-98th percentile grey range below
+  `blank_contrast`, a historic name kept for the CLI option and the notebook parameter).
 - `noise`: pixel noise large relative to the image's contrast (random textures). The noisiest
   FER2013 images are halftone comics; the default limit rejects five of them.
 - `no_face`: the detector's best score is below the threshold (or it found nothing).
@@ -20,7 +21,8 @@ Reject reasons, in the order they are checked (the first that applies is recorde
   image weighs double in training.
 
 The filter never touches raw files: it returns the manifest plus `face_found`, `n_faces`,
-`face_score`, the best box, the pixel statistics, `face_evidence`, `keep` and `reject_reason`.
+`face_score`, the best box (x0/y0/x1/y1 as `fer_lab.faces.detector` defines them, in the 48x48
+image's pixels), the pixel statistics (`grey_range`, `flatness`, `noise`), `face_evidence`, `keep` and `reject_reason`.
 
 Scoring needs to know which images really are faces. Crowd NF votes are noisy: of the 180
 FER2013 images with NF = 10 (177 of them dropped by FER+), fewer than half are non-faces.
@@ -33,18 +35,18 @@ the frame) and `ambiguous` (drawings, masks, crowds; left out of both sides of t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fer_lab import project
+from fer_lab import data, project
 from fer_lab.data.labels import SPLITS
 from fer_lab.errors import DataError
 from fer_lab.faces import detection
+from fer_lab.faces.content import BLANK_RANGE, is_blank
 from fer_lab.faces.detection import DetectorSettings
 
 # Reasons that judge the image itself, i.e. what the face filter is scored on.
@@ -61,9 +63,12 @@ DEFAULT_REVIEW = project.ROOT / "benchmarks" / "fer2013_nonface_review.csv"
 
 @dataclass(frozen=True)
 class FilterRules:
-    """Thresholds of the rules other than the detector's own (see the module docstring)."""
+    """Thresholds of the rules other than the detector's own (see the module docstring).
 
-    blank_contrast: float = 10.0
+    `blank_contrast` is the grey range below which an image is blank (`content.is_blank`).
+    """
+
+    blank_contrast: float = BLANK_RANGE
     noise_limit: float = 0.3
     flat_weight: float = 2.0
     drop_duplicates: bool = True
@@ -76,8 +81,8 @@ def face_evidence(detections: pd.DataFrame, flat_weight: float) -> pd.Series:
 
 def content_reasons(detections: pd.DataFrame, threshold: float, rules: FilterRules = FilterRules()) -> pd.Series:
     """Per image: the content reject reason, or "" when the image is kept on content."""
-    unreadable = detections["contrast"].isna()
-    blank = ~unreadable & (detections["contrast"] < rules.blank_contrast)
+    unreadable = detections["grey_range"].isna()
+    blank = ~unreadable & is_blank(detections["grey_range"], rules.blank_contrast)
     noise = ~unreadable & (detections["noise"] > rules.noise_limit)
     no_face = ~(detections["face_score"] >= threshold)
     graphic = face_evidence(detections, rules.flat_weight) < threshold
@@ -112,7 +117,17 @@ def decide(
     threshold: float,
     rules: FilterRules = FilterRules(),
 ) -> pd.DataFrame:
-    """The filtered manifest: `manifest` plus detection columns, `face_evidence`, `keep`, `reject_reason`."""
+    """The filtered manifest: `manifest` plus detection columns, `face_evidence`, `keep`, `reject_reason`.
+
+    Args:
+        manifest: The dataset manifest (`fer_lab.data`), one row per image.
+        detections: `detection.RESULT_COLUMNS` for the same rows, in the same order.
+        threshold: The minimum face evidence an image needs to be kept.
+        rules: The other rules' thresholds.
+
+    Returns:
+        The manifest with the detection columns, `face_evidence`, `keep` and `reject_reason`.
+    """
     if len(detections) != len(manifest):
         raise DataError(f"{len(detections)} detection rows for a manifest of {len(manifest)} rows")
     detections = detections.set_axis(manifest.index)
@@ -137,7 +152,20 @@ def filter_manifest(
     workers: int | None = None,
     progress: bool = False,
 ) -> tuple[pd.DataFrame, detection.Detections]:
-    """Detect faces (cached under `<work_dir>/cache/faces/`) and decide; returns (filtered, detections)."""
+    """Detect faces (cached under `<work_dir>/cache/faces/`) and decide.
+
+    Args:
+        manifest: The dataset manifest; unreadable rows are rejected as such.
+        data_path: The dataset the manifest describes.
+        settings: How to detect faces; its threshold decides.
+        rules: The other rules' thresholds.
+        work_dir: Where the detection cache lives; None: no cache.
+        workers: Detector processes (default: all cores for large jobs).
+        progress: Show a progress bar.
+
+    Returns:
+        (the filtered manifest as `decide` returns it, the detections).
+    """
     detections = detection.detect_manifest(manifest, data_path, settings, work_dir, workers=workers, progress=progress)
     return decide(manifest, detections.table, settings.threshold, rules), detections
 
@@ -180,8 +208,6 @@ def reference_labels(
 
 
 def _data_root(data_path: str | os.PathLike[str]) -> Path:
-    from fer_lab import data
-
     return data.data_root(data_path)
 
 
@@ -211,18 +237,19 @@ def scores(filtered: pd.DataFrame, reference: pd.Series) -> dict[str, float]:
     }
     for name, mask in (("nonface", reference == "nonface"), ("face", reference == "face")):
         result[f"{name}_n"] = float(mask.sum())
-    result["nonface_recall"] = _rate(rejected, reference == "nonface")
-    result["face_false_rejection"] = _rate(rejected, reference == "face")
+    result["nonface_recall"] = rejection_rate(rejected, reference == "nonface")
+    result["face_false_rejection"] = rejection_rate(rejected, reference == "face")
     if "vote_NF" in filtered:
         nf = filtered["vote_NF"]
         result["nf_majority_n"] = float((nf > 5).sum())
-        result["nf_majority_recall"] = _rate(rejected, nf > 5)
+        result["nf_majority_recall"] = rejection_rate(rejected, nf > 5)
         result["zero_nf_n"] = float((nf == 0).sum())
-        result["zero_nf_false_rejection"] = _rate(rejected, nf == 0)
+        result["zero_nf_false_rejection"] = rejection_rate(rejected, nf == 0)
     return result
 
 
-def _rate(rejected: pd.Series, mask: pd.Series) -> float:
+def rejection_rate(rejected: pd.Series, mask: pd.Series) -> float:
+    """Share of the rows in `mask` that are `rejected` (NaN when `mask` selects none)."""
     return float(rejected[mask].mean()) if mask.any() else float("nan")
 
 
@@ -247,106 +274,6 @@ def rejection_table(filtered: pd.DataFrame, reference: pd.Series | None = None, 
     return table
 
 
-# --- settings sweep --------------------------------------------------------------------------
-
-
-def sweep_subset(reference: pd.Series, size: int, seed: int = 0) -> pd.Index:
-    """Row labels for a sweep: every reference non-face, then random reference faces up to `size`."""
-    nonfaces = reference.index[reference == "nonface"]
-    candidates = reference.index[reference == "face"]
-    count = max(0, min(len(candidates), size - len(nonfaces)))
-    chosen = np.random.default_rng(seed).choice(len(candidates), size=count, replace=False)
-    return nonfaces.append(candidates[np.sort(chosen)])
-
-
-def sweep(
-    manifest: pd.DataFrame,
-    data_path: str | os.PathLike[str],
-    reference: pd.Series,
-    geometries: Iterable[DetectorSettings],
-    thresholds: Sequence[float],
-    flat_weights: Sequence[float] = (0.0, FilterRules().flat_weight),
-    rules: FilterRules = FilterRules(),
-    work_dir: str | os.PathLike[str] | None = None,
-    *,
-    workers: int | None = None,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """Non-face recall and face false-rejection for each detector geometry x flat weight x threshold.
-
-    Run it on a subset (`sweep_subset`): one detection pass per geometry (cached), then every
-    threshold and flat weight is a re-decision. `img_per_s` is the detection rate of a geometry's
-    fresh pass (NaN when it came from the cache).
-    """
-    rows = []
-    nonface, face = reference == "nonface", reference == "face"
-    for geometry in geometries:
-        found = detection.detect_manifest(manifest, data_path, geometry, work_dir, workers=workers, progress=progress)
-        rate = found.computed / found.seconds if found.computed else float("nan")
-        for weight in flat_weights:
-            weighted = replace(rules, flat_weight=weight)
-            for threshold in thresholds:
-                rejected = content_reasons(found.table, threshold, weighted) != ""
-                rows.append({
-                    "model": geometry.model, "size": geometry.size, "padding": geometry.padding,
-                    "upsample": geometry.upsample, "flat_weight": weight, "threshold": float(threshold),
-                    "nonface_recall": _rate(rejected, nonface), "face_false_rejection": _rate(rejected, face),
-                    "nonfaces": int(nonface.sum()), "faces": int(face.sum()), "img_per_s": rate,
-                })
-    return pd.DataFrame(rows)
-
-
-def best_operating_point(table: pd.DataFrame, max_false_rejection: float) -> pd.Series:
-    """The sweep row with the highest non-face recall among those rejecting at most
-    `max_false_rejection` of faces (ties: fewer false rejections, then faster)."""
-    allowed = table[table["face_false_rejection"] <= max_false_rejection]
-    if allowed.empty:
-        raise DataError(f"no swept setting rejects at most {max_false_rejection:.1%} of faces")
-    ranked = allowed.assign(speed=allowed["img_per_s"].fillna(0)).sort_values(
-        ["nonface_recall", "face_false_rejection", "speed"], ascending=[False, True, False], kind="stable")
-    return table.loc[ranked.index[0]]
-
-
-def settings_from_row(row: pd.Series) -> tuple[DetectorSettings, FilterRules]:
-    """Detector settings and rules of one sweep row."""
-    settings = DetectorSettings(model=row["model"], size=int(row["size"]), padding=float(row["padding"]),
-                                upsample=int(row["upsample"]), threshold=float(row["threshold"]))
-    return settings, replace(FilterRules(), flat_weight=float(row["flat_weight"]))
-
-
-def tradeoff_figure(table: pd.DataFrame, chosen: tuple[DetectorSettings, FilterRules] | None = None) -> Figure:
-    """False rejection of faces (x) against recall on non-faces (y): one line per geometry and
-    flat weight, one point per threshold; the chosen operating point is circled."""
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.subplots()
-    keys = ["model", "size", "padding", "upsample", "flat_weight"]
-    for key, group in table.groupby(keys, sort=False):
-        group = group.sort_values("threshold")
-        model, size, padding, upsample, weight = key
-        rate = group["img_per_s"].iloc[0]
-        speed = f", {rate:.0f} img/s" if rate == rate else ""
-        ax.plot(100 * group["face_false_rejection"], 100 * group["nonface_recall"], marker="o", markersize=3,
-                linestyle="-" if weight else "--",
-                label=f"{model} {size}px pad {padding:g} up {upsample} flat×{weight:g}{speed}")
-    if chosen is not None:
-        settings, rules = chosen
-        point = table[(table["model"] == settings.model) & (table["size"] == settings.size)
-                      & np.isclose(table["padding"], settings.padding) & (table["upsample"] == settings.upsample)
-                      & np.isclose(table["flat_weight"], rules.flat_weight)
-                      & np.isclose(table["threshold"], settings.threshold)]
-        if len(point):
-            ax.scatter(100 * point["face_false_rejection"], 100 * point["nonface_recall"], s=200,
-                       facecolors="none", edgecolors="red", linewidths=2, label="operating point", zorder=5)
-    ax.set_xlabel("faces rejected (%)")
-    ax.set_ylabel("non-faces rejected (%)")
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("face filter trade-off (each point is a threshold)")
-    return fig
-
-
 def boxes_of(filtered: pd.DataFrame) -> list[list[tuple[float, float, float, float]]]:
     """Per row, the best detection as [(x, y, width, height)] for `plots.image_grid` ([] when none)."""
     result = []
@@ -354,3 +281,57 @@ def boxes_of(filtered: pd.DataFrame) -> list[list[tuple[float, float, float, flo
     for x0, y0, x1, y1, found in filtered[columns].itertuples(index=False):
         result.append([(x0, y0, x1 - x0, y1 - y0)] if found and x0 == x0 else [])
     return result
+
+
+# --- notebook 02's views -------------------------------------------------------------------
+
+
+def scores_table(metrics: dict[str, float]) -> pd.DataFrame:
+    """`scores` as a two-column table for the report: rates as percentages, counts as integers."""
+    values = [f"{v:.2%}" if ("recall" in k or "rejection" in k) else f"{v:.0f}" for k, v in metrics.items()]
+    return pd.DataFrame({"metric": list(metrics), "value": values})
+
+
+def review_samples(filtered: pd.DataFrame, size: int, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Rows to look at: `rejected` (random content rejections, by reason), `kept` (random kept images)
+    and `borderline` (the kept images with the least face evidence), at most `size` each."""
+    rng = np.random.default_rng(seed)
+    content = filtered[filtered["reject_reason"].isin(CONTENT_REASONS[1:])]
+    rejected = content.iloc[np.sort(rng.choice(len(content), min(size, len(content)), replace=False))]
+    kept = filtered[filtered["keep"]]
+    return {
+        "rejected": rejected.sort_values(["reject_reason", "face_evidence"]),
+        "kept": kept.iloc[np.sort(rng.choice(len(kept), min(size, len(kept)), replace=False))],
+        "borderline": kept.nsmallest(size, "face_evidence"),
+    }
+
+
+def review_figure(rows: pd.DataFrame, data_path: str | os.PathLike[str], title: str, *,
+                  with_boxes: bool = False) -> Figure:
+    """The readable `rows` as an image grid captioned with reason (or "kept") and face evidence.
+
+    Args:
+        rows: Rows of the filtered manifest (e.g. from `review_samples`).
+        data_path: The dataset, to load their pixels.
+        title: The figure's title.
+        with_boxes: Draw each image's best detection.
+
+    Returns:
+        The figure.
+    """
+    # Imported here: seaborn, which plots imports, is slow to import and only figures need it.
+    from fer_lab import plots
+
+    rows = rows[rows["readable"].astype(bool)]
+    pixels = data.load_pixels(data_path, rows.reset_index(drop=True)) if len(rows) else []
+    captions = [f"{reason or 'kept'} {evidence:.2f}" if evidence == evidence else (reason or "kept")
+                for reason, evidence in zip(rows["reject_reason"], rows["face_evidence"])]
+    return plots.image_grid(pixels, captions, boxes=boxes_of(rows) if with_boxes else None, title=title)
+
+
+def output_manifest(filtered: pd.DataFrame, apply_filter: bool = True) -> pd.DataFrame:
+    """The manifest 03_train reads: `filtered`, or with `apply_filter` False every image kept (the baseline)."""
+    output = filtered.copy()
+    if not apply_filter:
+        output["keep"], output["reject_reason"] = True, ""
+    return output

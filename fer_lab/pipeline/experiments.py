@@ -20,7 +20,6 @@ Override keys are `name` (shared by every notebook declaring it) or `NN_notebook
 
 from __future__ import annotations
 
-import html
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -31,11 +30,12 @@ from typing import Any
 
 import yaml
 
-from fer_lab import project
-from fer_lab.errors import FerLabError
+from fer_lab import project, tracking
+from fer_lab.errors import ConfigError
+from fer_lab.pipeline import report, runner
+from fer_lab.pipeline.report import PipelineResult
 
 COMPARE_NOTEBOOK = "05_compare"
-TRAIN_NOTEBOOK = "03_train"
 EXPERIMENTS_DIR = project.PARAMS_DIR / "experiments"
 _KEYS = {"description", "params", "overrides", "notebooks", "baseline", "variants"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -60,9 +60,9 @@ class ExperimentResult:
 
     experiment: ExperimentSet
     report_dir: Path
-    variants: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, PipelineResult] = field(default_factory=dict)
     training_runs: dict[str, str] = field(default_factory=dict)
-    compare: Any = None
+    compare: PipelineResult | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,30 +82,30 @@ def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
     if not path.is_file() and (EXPERIMENTS_DIR / f"{Path(file).name}.yaml").is_file():
         path = EXPERIMENTS_DIR / f"{Path(file).name}.yaml"
     if not path.is_file():
-        raise FerLabError(f"{file}: experiment file not found (sets live in {EXPERIMENTS_DIR})")
+        raise ConfigError(f"{file}: experiment file not found (sets live in {EXPERIMENTS_DIR})")
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise FerLabError(f"{file}: not valid YAML ({error})") from error
+        raise ConfigError(f"{file}: not valid YAML ({error})") from error
     if not isinstance(content, dict):
-        raise FerLabError(f"{file}: expected a mapping with a 'variants' key")
+        raise ConfigError(f"{file}: expected a mapping with a 'variants' key")
     unknown = sorted(set(content) - _KEYS)
     if unknown:
-        raise FerLabError(f"{file}: unknown keys {unknown} (allowed: {sorted(_KEYS)})")
+        raise ConfigError(f"{file}: unknown keys {unknown} (allowed: {sorted(_KEYS)})")
     variants = content.get("variants")
     if not isinstance(variants, dict) or len(variants) < 2:
-        raise FerLabError(f"{file}: 'variants' must map at least two variant names to overrides")
+        raise ConfigError(f"{file}: 'variants' must map at least two variant names to overrides")
     for name, overrides in variants.items():
         if not _NAME.match(str(name)):
-            raise FerLabError(f"{file}: variant name {name!r} must be letters, digits, '_', '-' or '.'")
+            raise ConfigError(f"{file}: variant name {name!r} must be letters, digits, '_', '-' or '.'")
         if overrides is not None and not isinstance(overrides, dict):
-            raise FerLabError(f"{file}: variant {name!r} must map override keys to values")
+            raise ConfigError(f"{file}: variant {name!r} must map override keys to values")
     baseline = str(content.get("baseline") or next(iter(variants)))
     if baseline not in variants:
-        raise FerLabError(f"{file}: baseline {baseline!r} is not a variant ({', '.join(map(str, variants))})")
+        raise ConfigError(f"{file}: baseline {baseline!r} is not a variant ({', '.join(map(str, variants))})")
     overrides = content.get("overrides") or {}
     if not isinstance(overrides, dict):
-        raise FerLabError(f"{file}: 'overrides' must map override keys to values")
+        raise ConfigError(f"{file}: 'overrides' must map override keys to values")
     params = content.get("params") or []
     if isinstance(params, str):
         params = [params]
@@ -128,16 +128,6 @@ def variant_notebooks(experiment: ExperimentSet, available: Iterable[Path]) -> l
     return [nb.stem for nb in available if nb.stem < COMPARE_NOTEBOOK]
 
 
-def training_run_of(pipeline_run_id: str, experiment_name: str) -> str:
-    """The 03_train run created under a pipeline's parent run ("" when the pipeline did not get there)."""
-    import mlflow
-
-    runs = mlflow.search_runs(
-        experiment_names=[experiment_name], output_format="list",
-        filter_string=f"tags.`mlflow.parentRunId` = '{pipeline_run_id}' and tags.notebook = '{TRAIN_NOTEBOOK}'")
-    return runs[0].info.run_id if runs else ""
-
-
 def run_experiment(
     file: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
@@ -151,11 +141,19 @@ def run_experiment(
 
     A failing variant does not stop the others; the comparison covers the variants that produced a
     training run. Each training run is tagged `experiment_set=<file stem>` and `variant=<name>`.
+
+    Args:
+        file: The experiment file, or its name in params/experiments/.
+        data_dir: The dataset every variant runs on.
+        params_files: Params files applied after the experiment's own.
+        overrides: Overrides over everything else (`fer-lab run -p`).
+        out_dir: The report folder (default: reports/<timestamp>-experiment-<name>).
+        notebooks_dir: Where the numbered notebooks are.
+        log: Called with one line per step.
+
+    Returns:
+        Every variant's pipeline result, their training runs and the comparison's result.
     """
-    from mlflow.tracking import MlflowClient
-
-    from fer_lab.pipeline import runner
-
     experiment = load_experiment(file)
     user_overrides = dict(overrides or {})
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -173,11 +171,9 @@ def run_experiment(
             only=notebooks, out_dir=report_dir / name, notebooks_dir=notebooks_dir, log=log,
             tags={"experiment_set": experiment.name, "variant": name})
         result.variants[name] = pipeline
-        experiment_name = _experiment_name(pipeline)
-        training_run = training_run_of(pipeline.parent_run_id, experiment_name)
+        training_run = tracking.training_run_of(pipeline.parent_run_id, pipeline.experiment)
         if training_run:
-            MlflowClient().set_tag(training_run, "experiment_set", experiment.name)
-            MlflowClient().set_tag(training_run, "variant", name)
+            tracking.set_tags({"experiment_set": experiment.name, "variant": name}, run_id=training_run)
             result.training_runs[name] = training_run
     if len(result.training_runs) >= 2:
         baseline = experiment.baseline if experiment.baseline in result.training_runs else next(iter(result.training_runs))
@@ -191,41 +187,6 @@ def run_experiment(
             tags={"experiment_set": experiment.name})
     else:
         log(f"only {len(result.training_runs)} variant(s) produced a training run: no comparison")
-    write_experiment_index(result)
+    report.write_experiment_index(report_dir, experiment.name, experiment.description, result.variants,
+                                  result.training_runs, result.compare)
     return result
-
-
-def _experiment_name(pipeline: Any) -> str:
-    """The MLflow experiment a pipeline ran in, read back from its parent run."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    return client.get_experiment(client.get_run(pipeline.parent_run_id).info.experiment_id).name
-
-
-def write_experiment_index(result: ExperimentResult) -> Path:
-    """A small index.html linking each variant's pipeline report and the comparison report."""
-    rows = []
-    for name, pipeline in result.variants.items():
-        link = os.path.relpath(pipeline.index, result.report_dir)
-        status = "ok" if pipeline.ok else "FAILED"
-        run = result.training_runs.get(name, "(no training run)")
-        rows.append(f'<tr><td><a href="{html.escape(link)}">{html.escape(name)}</a></td>'
-                    f"<td>{status}</td><td><code>{html.escape(run)}</code></td></tr>")
-    comparison = (f'<p><a href="{html.escape(os.path.relpath(result.compare.index, result.report_dir))}">'
-                  f"Comparison report (05_compare)</a></p>" if result.compare is not None
-                  else "<p>No comparison: fewer than two variants produced a training run.</p>")
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>fer-lab experiment {html.escape(result.experiment.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
-</head><body>
-<h1>Experiment set {html.escape(result.experiment.name)}</h1>
-<p>{html.escape(result.experiment.description)}</p>
-{comparison}
-<table><tr><th>variant</th><th>pipeline</th><th>training run</th></tr>
-{''.join(rows)}
-</table>
-</body></html>
-"""
-    result.index.write_text(page, encoding="utf-8")
-    return result.index

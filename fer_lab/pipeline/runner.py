@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -15,45 +14,15 @@ import zmq
 from traitlets.config import Config
 
 from fer_lab import project, tracking
-from fer_lab.errors import FerLabError
+from fer_lab.errors import ConfigError, DataError
 from fer_lab.pipeline import report
+from fer_lab.pipeline.notebook import declared_parameters
+from fer_lab.pipeline.report import NotebookResult, PipelineResult
 
 # ipykernel >= 7.3 warns on every start over unencrypted TCP; "auto" encrypts with CurveZMQ when the
 # kernelspec supports it and otherwise starts the kernel as before (jupyter_client rejects "auto"
 # when pyzmq was built without CurveZMQ).
 KERNEL_CONFIG = Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
-SHARED_PARAMETERS = ("data_dir", "work_dir", "seed", "tracking_uri", "experiment", "parent_run_id")
-
-
-@dataclass
-class NotebookResult:
-    """One executed notebook: where its copies are and how it went."""
-
-    name: str
-    notebook: Path
-    html: Path | None
-    ok: bool
-    seconds: float
-    run_id: str
-    error: str = ""
-
-
-@dataclass
-class PipelineResult:
-    """A whole pipeline run: its MLflow parent run, its report folder and each notebook's result."""
-
-    parent_run_id: str
-    report_dir: Path
-    tracking_uri: str
-    notebooks: list[NotebookResult] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(result.ok for result in self.notebooks)
-
-    @property
-    def index(self) -> Path:
-        return self.report_dir / "index.html"
 
 
 def discover_notebooks(notebooks_dir: Path = project.NOTEBOOKS_DIR) -> list[Path]:
@@ -67,15 +36,8 @@ def select_notebooks(notebooks: list[Path], only: Iterable[str]) -> list[Path]:
     missing = wanted - {nb.stem for nb in notebooks} - {nb.stem.split("_")[0] for nb in notebooks}
     if missing:
         known = ", ".join(nb.stem for nb in notebooks)
-        raise FerLabError(f"--only {' '.join(sorted(missing))}: no such notebook ({known})")
+        raise ConfigError(f"--only {' '.join(sorted(missing))}: no such notebook ({known})")
     return [nb for nb in notebooks if nb.stem in wanted or nb.stem.split("_")[0] in wanted]
-
-
-def declared_parameters(notebook: Path) -> dict[str, Any]:
-    """Names and defaults of the notebook's `parameters` cell."""
-    import papermill
-
-    return {name: spec["default"] for name, spec in papermill.inspect_notebook(str(notebook)).items()}
 
 
 def load_params_files(files: Iterable[str | os.PathLike[str]]) -> dict[str, Any]:
@@ -84,14 +46,16 @@ def load_params_files(files: Iterable[str | os.PathLike[str]]) -> dict[str, Any]
     for file in files:
         path = project.resolve(file)
         if not path.is_file():
-            raise FerLabError(f"{file}: params file not found")
+            raise ConfigError(f"{file}: params file not found")
         try:
             content = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
-            raise FerLabError(f"{file}: not valid YAML ({error})") from error
+            raise ConfigError(f"{file}: not valid YAML ({error})") from error
+        if not isinstance(content, dict):
+            raise ConfigError(f"{file}: expected top-level keys shared/notebooks, found a {type(content).__name__}")
         unknown = set(content) - {"shared", "notebooks", "description"}
-        if not isinstance(content, dict) or unknown:
-            raise FerLabError(f"{file}: expected top-level keys shared/notebooks, found {sorted(unknown)}")
+        if unknown:
+            raise ConfigError(f"{file}: expected top-level keys shared/notebooks, found {sorted(unknown)}")
         merged["shared"].update(content.get("shared") or {})
         for name, values in (content.get("notebooks") or {}).items():
             merged["notebooks"].setdefault(name, {}).update(values or {})
@@ -104,8 +68,11 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise FerLabError(f"-p {pair}: expected key=value")
-        overrides[key.strip()] = yaml.safe_load(value) if value else ""
+            raise ConfigError(f"-p {pair}: expected key=value")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"-p {pair}: the value is not a YAML scalar ({error})") from error
     return overrides
 
 
@@ -129,15 +96,15 @@ def plan_parameters(notebooks: list[Path], params: Mapping[str, Any]) -> dict[st
     for key, value in params.get("shared", {}).items():
         users = [name for name, names in declared.items() if key in names]
         if not users:
-            raise FerLabError(f"unknown parameter '{key}': no notebook declares it")
+            raise ConfigError(f"unknown parameter '{key}': no notebook declares it")
         for name in users:
             planned[name][key] = value
     for name, values in params.get("notebooks", {}).items():
         if name not in declared:
-            raise FerLabError(f"unknown notebook '{name}' (notebooks: {', '.join(declared)})")
+            raise ConfigError(f"unknown notebook '{name}' (notebooks: {', '.join(declared)})")
         for key, value in values.items():
             if key not in declared[name]:
-                raise FerLabError(
+                raise ConfigError(
                     f"unknown parameter '{key}' for {name} (it declares: {', '.join(declared[name])})"
                 )
             planned[name][key] = value
@@ -160,22 +127,6 @@ def _export_html(notebook: Path) -> Path:
     return target
 
 
-def _notebook_run_id(client: Any, experiment_id: str, parent_run_id: str, name: str) -> str:
-    """The MLflow run the notebook started under the parent, or a new one holding a notebook that never got there."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.notebook = '{name}'",
-        order_by=["attributes.start_time DESC"],
-    )
-    if runs:
-        return runs[0].info.run_id
-    run = client.create_run(
-        experiment_id, run_name=name,
-        tags={**tracking.base_tags(), "notebook": name, "mlflow.parentRunId": parent_run_id},
-    )
-    return run.info.run_id
-
-
 def run_pipeline(
     data_dir: str | os.PathLike[str] | None = None,
     params_files: Iterable[str | os.PathLike[str]] = (),
@@ -189,10 +140,23 @@ def run_pipeline(
     """Execute the numbered notebooks in order, tracked under one MLflow parent run.
 
     Stops at the first failing notebook; its executed copy (with the error) is kept and linked.
+
+    Args:
+        data_dir: The dataset (default: the params' `data_dir`, else the embedded sample).
+        params_files: Params YAML files, later ones winning (see `load_params_files`).
+        overrides: `key` / `NN_name.key` values over the params files (see `apply_overrides`).
+        only: Run only these notebooks, by name or number.
+        out_dir: The report folder (default: reports/<timestamp>-<dataset>).
+        tags: Extra tags of the parent run.
+        notebooks_dir: Where the numbered notebooks are.
+        log: Called with one line per step.
+
+    Returns:
+        The parent run, the report folder and each executed notebook's result.
     """
     notebooks = discover_notebooks(notebooks_dir)
     if not notebooks:
-        raise FerLabError(f"{notebooks_dir}: no NN_name.ipynb notebooks")
+        raise ConfigError(f"{notebooks_dir}: no NN_name.ipynb notebooks")
     selected = select_notebooks(notebooks, only) if only else notebooks
     params = apply_overrides(load_params_files(params_files), overrides or {})
     shared = params["shared"]
@@ -202,7 +166,7 @@ def run_pipeline(
 
     data_path = resolve_dataset(shared.get("data_dir", project.SAMPLE_DIR))
     if not data_path.exists():
-        raise FerLabError(f"{data_path}: dataset not found")
+        raise DataError(f"{data_path}: dataset not found")
     shared["data_dir"] = str(data_path)
     shared.setdefault("work_dir", str(project.WORK_DIR / data_path.name.removesuffix(".csv").removesuffix(".gz")))
     uri = tracking.configure(shared.get("tracking_uri", ""))
@@ -211,24 +175,19 @@ def run_pipeline(
     shared["parent_run_id"] = ""
     planned = plan_parameters(notebooks, params)
 
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
     experiment_id = tracking.experiment_id(experiment, uri)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-{data_path.stem}"
     report_dir.mkdir(parents=True, exist_ok=True)
     summary_dir = report.summary_dir(project.resolve(shared["work_dir"]))
     shutil.rmtree(summary_dir, ignore_errors=True)
-    parent = client.create_run(
-        experiment_id, run_name=f"pipeline-{stamp}",
-        tags={**tracking.base_tags(), "pipeline": "true", "data_dir": str(data_path), **(tags or {})},
+    parent_id = tracking.create_run(
+        experiment_id, f"pipeline-{stamp}",
+        {**tracking.base_tags(), "pipeline": "true", "data_dir": str(data_path), **(tags or {})},
     )
-    parent_id = parent.info.run_id
-    for key, value in shared.items():
-        if key not in ("tracking_uri", "parent_run_id"):
-            client.log_param(parent_id, key, str(value))
-    result = PipelineResult(parent_run_id=parent_id, report_dir=report_dir, tracking_uri=uri)
+    tracking.log_params({key: value for key, value in shared.items() if key not in ("tracking_uri", "parent_run_id")},
+                        run_id=parent_id)
+    result = PipelineResult(parent_run_id=parent_id, report_dir=report_dir, tracking_uri=uri, experiment=experiment)
     log(f"pipeline run {parent_id} -> {report_dir}")
 
     import papermill
@@ -237,7 +196,7 @@ def run_pipeline(
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # MLflow's download bars would fill the executed notebooks that reviewers read.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault(tracking.PROGRESS_BAR_VARIABLE, "false")
     kernel = _kernel_name()
     for index, notebook in enumerate(selected, start=1):
         name = notebook.stem
@@ -257,10 +216,10 @@ def run_pipeline(
             error = f"{type(failure).__name__}: {failure}"
         seconds = time.perf_counter() - started
         html_path = _export_html(output) if output.exists() else None
-        run_id = _notebook_run_id(client, experiment_id, parent_id, name)
+        run_id = tracking.notebook_run(experiment_id, parent_id, name)
         for artifact in (output, html_path):
             if artifact is not None and artifact.exists():
-                client.log_artifact(run_id, str(artifact), "notebook")
+                tracking.log_artifact(artifact, "notebook", run_id=run_id)
         tracking.finish_run(run_id, ok=not error)
         result.notebooks.append(NotebookResult(name, output, html_path, not error, seconds, run_id, error))
         log(f"    {'ok' if not error else 'FAILED'} in {seconds:.1f} s" + (f": {error}" if error else ""))

@@ -68,13 +68,16 @@ class CnnConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)
     convs_per_block: int = 2
     block_dropout: float = 0.0
+    # Keras' 0.99 needs a few hundred steps to settle; a tiny dataset with ten steps an epoch needs ~0.9.
+    batchnorm_momentum: float = 0.99
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "CnnConfig":
         values = dict(values or {})
-        unknown = set(values) - {"widths", "convs_per_block", "block_dropout"}
+        known = {"widths", "convs_per_block", "block_dropout", "batchnorm_momentum"}
+        unknown = set(values) - known
         if unknown:
-            raise FerLabError(f"cnn: unknown keys {sorted(unknown)} (known: widths, convs_per_block, block_dropout)")
+            raise FerLabError(f"cnn: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
         if "widths" in values:
             values["widths"] = tuple(int(width) for width in values["widths"])
         return cls(**values)
@@ -90,19 +93,20 @@ class ResnetConfig:
 
     widths: tuple[int, ...] = (32, 64, 128, 256)
     blocks: tuple[int, ...] = (1, 1, 1, 1)  # basic blocks (two 3x3 convolutions each) per stage
+    batchnorm_momentum: float = 0.99  # see CnnConfig
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "ResnetConfig":
         values = dict(values or {})
-        unknown = set(values) - {"widths", "blocks"}
+        unknown = set(values) - {"widths", "blocks", "batchnorm_momentum"}
         if unknown:
-            raise FerLabError(f"resnet: unknown keys {sorted(unknown)} (known: widths, blocks)")
+            raise FerLabError(f"resnet: unknown keys {sorted(unknown)} (known: batchnorm_momentum, blocks, widths)")
         widths = tuple(int(width) for width in values.get("widths", cls.widths))
         blocks = values.get("blocks", cls.blocks)
         blocks = (int(blocks),) * len(widths) if isinstance(blocks, (int, float)) else tuple(int(b) for b in blocks)
         if len(blocks) != len(widths) or min(blocks) < 1 or min(widths) < 1:
             raise FerLabError(f"resnet: blocks {list(blocks)} must give a positive count for each of the widths {list(widths)}")
-        return cls(widths, blocks)
+        return cls(widths, blocks, float(values.get("batchnorm_momentum", cls.batchnorm_momentum)))
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,7 @@ def _plain_cnn(image_size: int, config: CnnConfig) -> keras.Model:
     for block, width in enumerate(config.widths, start=1):
         for conv in range(1, config.convs_per_block + 1):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}")(x)
-            x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+            x = layers.BatchNormalization(momentum=config.batchnorm_momentum, name=f"block{block}_bn{conv}")(x)
             x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
         if config.block_dropout:
@@ -182,27 +186,27 @@ def _resnet(image_size: int, config: ResnetConfig) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 1), name="resnet_input")
     x = layers.Rescaling(1.0 / 255.0, name="stem_rescale")(inputs)
     x = layers.Conv2D(config.widths[0], 3, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=config.batchnorm_momentum, name="stem_bn")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
     for stage, (width, blocks) in enumerate(zip(config.widths, config.blocks), start=1):
         if stage > 1:
             x = layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
         for block in range(1, blocks + 1):
-            x = _basic_block(x, width, f"stage{stage}_block{block}")
+            x = _basic_block(x, width, f"stage{stage}_block{block}", config.batchnorm_momentum)
     return keras.Model(inputs, x, name="resnet")
 
 
-def _basic_block(x: Any, width: int, name: str) -> Any:
+def _basic_block(x: Any, width: int, name: str, momentum: float) -> Any:
     shortcut = x
     if x.shape[-1] != width:
         shortcut = layers.Conv2D(width, 1, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = layers.BatchNormalization(momentum=momentum, name=f"{name}_proj_bn")(shortcut)
     y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn1")(y)
     y = layers.Activation("relu", name=f"{name}_relu1")(y)
     y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
     # Zero-initialised last BatchNorm: each block starts as the identity, which trains faster.
-    y = layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_bn2")(y)
+    y = layers.BatchNormalization(momentum=momentum, gamma_initializer="zeros", name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 

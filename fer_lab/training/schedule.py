@@ -17,7 +17,7 @@ import keras
 import pandas as pd
 from keras import layers
 
-from fer_lab.errors import FerLabError
+from fer_lab.errors import ConfigError, FerLabError
 from fer_lab.training import models
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -166,6 +166,24 @@ def parse_trainable(spec: str) -> tuple[str, float]:
     if 0.0 < fraction <= 1.0:
         return "fraction", fraction
     raise FerLabError(f"trainable {spec!r}: use head, all, top:N (N >= 1 backbone blocks) or a fraction in (0, 1]")
+
+
+def check_head_phases(schedule: Schedule, *, pretrained: bool) -> None:
+    """Refuse a `head` phase whose backbone nothing has trained: a frozen random backbone gives random features.
+
+    The seed's head phases assume ImageNet (or fer-lab) weights; from scratch, a backbone only becomes
+    useful once an `all`, `top:N` or fraction phase before the head phase has trained it.
+    """
+    trained = pretrained
+    for planned in schedule.plan():
+        if parse_trainable(planned.phase.trainable)[0] != "head":
+            trained = True
+        elif not trained:
+            raise ConfigError(
+                f"phase {planned.tag} trains only the head, but the backbone is untrained (weights=none) and "
+                "frozen, so the head would learn from random features; start with an `all` phase, use "
+                "pretrained weights, or set allow_untrained_head=True to measure exactly that"
+            )
 
 
 def set_trainable(model: keras.Model, spec: str, *, freeze_batchnorm: bool) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Phased, resumable training with MLflow tracking, and the one loader for trained models.
+"""Phased, resumable training with MLflow tracking (through `fer_lab.tracking`, which also logs and loads models).
 
 `train()` runs a `Schedule` epoch by epoch. After every epoch it writes, in this order, the model
 with its optimizer state (`last.keras`), the best model so far (`best.keras`) and `state.json`
@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fer_lab.errors import FerLabError
+from fer_lab.errors import ConfigError, FerLabError
 from fer_lab.training import augment, datasets, ema, models, schedule
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ STATE_FILE = "state.json"
 LAST_MODEL = "last.keras"
 BEST_MODEL = "best.keras"
 EMA_FILE = "ema.npz"
-MODEL_ARTIFACT = "model"
 FILTERED_MANIFEST = "filtered_manifest.csv"
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
@@ -60,21 +59,24 @@ class TrainConfig:
     monitor: str = "val_accuracy"
     seed: int = 0
     mixed_precision: str = "auto"  # auto (= on a GPU) | true | false
+    allow_untrained_head: bool = False  # True: allow a head-only phase on a backbone nothing has trained yet
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
-            raise FerLabError(f"monitor must be one of {', '.join(MONITORS)}, not {self.monitor!r}")
+            raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, not {self.monitor!r}")
         if self.batch_size < 1:
-            raise FerLabError(f"batch_size must be positive, not {self.batch_size}")
+            raise ConfigError(f"batch_size must be positive, not {self.batch_size}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise FerLabError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
         if self.mixup < 0 or self.cutmix < 0:
-            raise FerLabError(f"mixup and cutmix are Beta alphas >= 0 (0: off), not {self.mixup} / {self.cutmix}")
+            raise ConfigError(f"mixup and cutmix are Beta alphas >= 0 (0: off), not {self.mixup} / {self.cutmix}")
         if not 0.0 <= self.ema < 1.0:
-            raise FerLabError(f"ema must be a decay in [0, 1) (0: off), e.g. 0.999, not {self.ema}")
+            raise ConfigError(f"ema must be a decay in [0, 1) (0: off), e.g. 0.999, not {self.ema}")
         for name in ("freeze_batchnorm", "mixed_precision"):
             if str(getattr(self, name)).lower() not in ("auto", "true", "false"):
-                raise FerLabError(f"{name} must be auto, true or false, not {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be auto, true or false, not {getattr(self, name)!r}")
+        if not self.allow_untrained_head:
+            schedule.check_head_phases(self.schedule, pretrained=self.model.pretrained)
 
     @classmethod
     def from_params(
@@ -154,13 +156,13 @@ def train(
     to the active run when there is one. A checkpoint of another run is discarded (this is a new run);
     a checkpoint of the same run made with other settings is an error.
     """
-    import mlflow
+    from fer_lab import tracking
 
     labels = list(labels)
     if train_split.targets.shape[1] != len(labels) or val_split.targets.shape[1] != len(labels):
         raise FerLabError(f"targets have {train_split.targets.shape[1]} classes but there are {len(labels)} labels")
-    active = mlflow.active_run()
-    run_id = run_id or (active.info.run_id if active else "")
+    active = tracking.active_run_id()  # metrics and tags go to the active run only
+    run_id = run_id or active
     checkpoint_dir = Path(checkpoint_dir)
     state = _load_state(checkpoint_dir, config, run_id, log)
     use_mixed_precision(config.mixed_precision)
@@ -174,7 +176,7 @@ def train(
     if completed:
         model = keras.models.load_model(checkpoint_dir / LAST_MODEL)  # with its optimizer state
         log(f"resuming after epoch {completed}/{total_epochs} from {checkpoint_dir / LAST_MODEL}")
-        if active is not None:
+        if active:
             _relog_missing_epochs(run_id, state["history"])
     else:
         model = models.build_model(config.model, len(labels), train_split.pixels.shape[1], seed=config.seed)
@@ -182,9 +184,9 @@ def train(
     average = ema.WeightAverage(model, config.ema) if config.ema else None
     if average is not None and completed:
         average.load(checkpoint_dir / EMA_FILE)
-    if active is not None:
-        mlflow.set_tags({"schedule": config.schedule.describe(), "total_epochs": str(total_epochs),
-                         "model": models.describe(config.model)})
+    if active:
+        tracking.set_tags({"schedule": config.schedule.describe(), "total_epochs": str(total_epochs),
+                           "model": models.describe(config.model)})
 
     compiles = 0
     for planned in plan:
@@ -199,8 +201,8 @@ def train(
         log(f"phase {planned.tag} ({planned.phase.trainable}, {planned.phase.optimizer} lr {planned.phase.lr:g} "
             f"{planned.phase.lr_schedule}): epochs {planned.first_epoch}-{planned.last_epoch}, "
             f"{trainable['trainable']:,} trainable / {trainable['non_trainable']:,} frozen parameters")
-        if active is not None:
-            mlflow.set_tag("phase", planned.tag)
+        if active:
+            tracking.set_tags({"phase": planned.tag})
         for epoch in range(max(planned.first_epoch, completed + 1), planned.last_epoch + 1):
             row = _run_epoch(model, config, planned, epoch, train_split, val_data, steps, average)
             state["history"].append(row)
@@ -216,7 +218,7 @@ def train(
             _save_checkpoint(model, checkpoint_dir, best=state["best_epoch"] == epoch, average=average)
             state["completed_epochs"] = completed = epoch
             _write_state(checkpoint_dir, state)
-            if active is not None:
+            if active:
                 _log_epoch(row)
             log(f"epoch {epoch}/{total_epochs} [{planned.tag}] loss {row['train_loss']:.4f} "
                 f"acc {row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} "
@@ -224,8 +226,8 @@ def train(
 
     best = keras.models.load_model(checkpoint_dir / BEST_MODEL)
     history = pd.DataFrame(state["history"])
-    if active is not None:
-        mlflow.log_metrics({"best_epoch": state["best_epoch"], f"best_{config.monitor}": state["best_value"]})
+    if active:
+        tracking.log_metrics({"best_epoch": state["best_epoch"], f"best_{config.monitor}": state["best_value"]})
     return TrainResult(best, history, state["best_epoch"], state["best_value"], config.monitor,
                        checkpoint_dir, state["resumed_after"], compiles)
 
@@ -328,9 +330,9 @@ def _log_epoch(row: dict[str, Any]) -> None:
 
 def _relog_missing_epochs(run_id: str, history: list[dict[str, Any]]) -> None:
     """Log epochs that reached the checkpoint but not MLflow (a kill between the two writes)."""
-    from mlflow import MlflowClient
+    from fer_lab import tracking
 
-    logged = {metric.step for metric in MlflowClient().get_metric_history(run_id, "val_accuracy")}
+    logged = set(tracking.metric_history([run_id], "val_accuracy")["step"].astype(int))
     for row in history:
         if int(row["epoch"]) not in logged:
             _log_epoch(row)
@@ -359,48 +361,6 @@ def plot_history(history: pd.DataFrame, plan: Sequence[schedule.PlannedPhase]) -
     return fig
 
 
-def log_model(model: keras.Model, labels: Sequence[str], input_size: int = models.INPUT_SIZE) -> str:
-    """Log `model` to the active MLflow run at `model` (Keras 3 flavor, pyfunc-loadable); return its URI."""
-    import mlflow
-    import tensorflow as tf
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, input_size, input_size, 1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)))]),
-    )
-    info = mlflow.keras.log_model(
-        model,
-        name=MODEL_ARTIFACT,
-        signature=signature,
-        metadata={"labels": list(labels), "input_size": int(input_size)},
-        # Pinned here: inferring requirements would load the model again in a subprocess.
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
-    )
-    return info.model_uri
-
-
-def load_run_model(run_id: str, tracking_uri: str = "") -> tuple[keras.Model, list[str]]:
-    """The model a 03_train run logged, with its class labels in output order."""
-    import mlflow
-
-    from fer_lab import tracking
-
-    if tracking_uri:
-        tracking.configure(tracking_uri)
-    uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
-    try:
-        info = mlflow.models.get_model_info(uri)
-        model = mlflow.keras.load_model(uri)
-    except Exception as error:  # MLflow raises several types for a missing run or model
-        raise FerLabError(f"run {run_id} has no loadable model at {MODEL_ARTIFACT}: {' '.join(str(error).split())[:300]}") from error
-    labels = (info.metadata or {}).get("labels")
-    if not labels:
-        raise FerLabError(f"model of run {run_id} carries no labels in its metadata")
-    return model, list(labels)
-
-
 def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str],
                 config: TrainConfig) -> tuple[datasets.Split, datasets.Split, np.ndarray]:
     """Train and val `Split`s from manifest rows (column `split`) and their pixels, plus the class weights."""
@@ -422,19 +382,21 @@ def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str],
 
 
 def training_manifest(data_path: str | os.PathLike[str], work_path: str | os.PathLike[str], *,
-                      use_filtered: bool = True, seed: int = 0) -> tuple[pd.DataFrame, str]:
+                      use_filtered: bool = True, seed: int = 0, labels: str = "fer2013") -> tuple[pd.DataFrame, str]:
     """The readable rows to train on and the manifest's name.
 
     With `use_filtered` and a `filtered_manifest.csv` from 02_filter_faces in `work_path`, training images
-    that the filter rejected (`keep` false) are left out; otherwise the full manifest is used.
+    that the filter rejected (`keep` false) are left out; otherwise the full manifest is used. `labels`
+    is `fer2013` (the dataset's labels) or `ferplus` (FER+ majority labels, `votes.with_label_source`).
     """
     from fer_lab import data
+    from fer_lab.data import votes
 
     manifest = data.load_or_build_manifest(data_path, work_path, seed=seed)
     manifest = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
     filtered_file = Path(work_path) / FILTERED_MANIFEST
     if not (use_filtered and filtered_file.is_file()):
-        return manifest, "manifest.csv"
+        return votes.with_label_source(manifest, labels), "manifest.csv"
     filtered = data.read_manifest(filtered_file)
     strangers = set(filtered["path"]) - set(manifest["path"])
     if strangers:
@@ -445,7 +407,7 @@ def training_manifest(data_path: str | os.PathLike[str], work_path: str | os.Pat
         # Only training images are filtered: validation stays the same set in both arms of the experiment.
         keep = filtered["keep"].astype(str).str.lower().isin(("true", "1"))
         filtered = filtered[keep | (filtered["split"] != "train")]
-    return filtered.reset_index(drop=True), FILTERED_MANIFEST
+    return votes.with_label_source(filtered.reset_index(drop=True), labels), FILTERED_MANIFEST
 
 
 def class_table(rows: pd.DataFrame, labels: Sequence[str], weights: np.ndarray) -> pd.DataFrame:
