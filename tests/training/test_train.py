@@ -163,7 +163,7 @@ RESUMABLE_SCRIPT = textwrap.dedent("""
     import mlflow
     from fer_lab import tracking
     from fer_lab.training import train
-    from tests.test_train import LABELS, tiny_config, toy_rows
+    from tests.training.test_train import LABELS, tiny_config, toy_rows
 
     tracking_uri, checkpoint_dir = sys.argv[1], sys.argv[2]
     rows, pixels = toy_rows(640, 64)
