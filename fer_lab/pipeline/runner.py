@@ -127,6 +127,21 @@ def _export_html(notebook: Path) -> Path:
     return target
 
 
+class _Echo:
+    """What a running notebook prints (03's epoch lines, for one), passed on to `log` as it happens."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines():
+            if line.strip():
+                self.log(f"    | {line}")
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
 def run_pipeline(
     data_dir: str | os.PathLike[str] | None = None,
     params_files: Iterable[str | os.PathLike[str]] = (),
@@ -208,7 +223,7 @@ def run_pipeline(
         try:
             papermill.execute_notebook(
                 str(notebook), str(output), parameters=parameters, kernel_name=kernel,
-                cwd=str(notebooks_dir), progress_bar=False, config=KERNEL_CONFIG,
+                cwd=str(notebooks_dir), progress_bar=False, config=KERNEL_CONFIG, stdout_file=_Echo(log),
             )
         except PapermillExecutionError as failure:
             error = f"{failure.ename}: {failure.evalue}"

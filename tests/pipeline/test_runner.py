@@ -17,7 +17,7 @@ def pipeline(tmp_path, write_notebook):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     write_notebook(notebooks / "01_first.ipynb", "answer = 1\n",
-                   START.format(name="01_first") + 'mlflow.log_metric("answer", answer)\n')
+                   START.format(name="01_first") + 'mlflow.log_metric("answer", answer)\nprint(f"answer is {answer}")\n')
     write_notebook(notebooks / "02_second.ipynb", "should_fail = False\n",
                    START.format(name="02_second") + 'if should_fail:\n    raise ValueError("planned failure")\n')
     data = tmp_path / "data"
@@ -47,6 +47,15 @@ def test_pipeline_tracks_parent_and_child_runs(pipeline, tmp_path):
     assert artifacts == {"notebook/01_first.ipynb", "notebook/01_first.html"}
     index = result.index.read_text()
     assert "01_first.html" in index and "02_second.html" in index
+
+
+def test_notebook_output_is_shown_while_the_notebook_runs(pipeline, tmp_path):
+    notebooks, data, uri = pipeline
+    lines: list[str] = []
+    result = runner.run_pipeline(data_dir=data, overrides={"tracking_uri": uri, "work_dir": str(tmp_path / "work")},
+                                 notebooks_dir=notebooks, out_dir=tmp_path / "report", log=lines.append)
+    assert result.ok
+    assert lines.index("    | answer is 1") < lines.index("[2/2] 02_second ...")
 
 
 def test_kernels_start_without_the_unencrypted_transport_warning(pipeline, tmp_path, capfd):
