@@ -174,8 +174,11 @@ def load_fer_lab_model(reference: str) -> tuple[Any, tuple[str, ...]]:
         sys.exit(f"bench_peers: cannot load model {reference!r}: {' '.join(str(error).split())[:300]}")
 
 
-def predict_fer_lab(reference: str, pixels: np.ndarray) -> Predictions:
-    """Class probabilities of a fer-lab model, timed after one untimed warm-up batch."""
+def predict_fer_lab(reference: str, pixels: np.ndarray, tta: str = "none", crop: int = 44) -> list[Predictions]:
+    """Class probabilities of a fer-lab model, timed after one untimed warm-up batch.
+
+    With `tta` (flip or tencrop, as 04_evaluate averages them) a second row scores the averaged views.
+    """
     model, labels = load_fer_lab_model(reference)
     size = int(model.input_shape[1])
     if size != IMAGE_SIZE:
@@ -193,8 +196,17 @@ def predict_fer_lab(reference: str, pixels: np.ndarray) -> Predictions:
     run(pixels[:WARM_UP])
     started, cpu = time.perf_counter(), time.process_time()
     probabilities = run(pixels)
-    return Predictions(f"fer-lab {reference}", probabilities, labels,
-                       time.perf_counter() - started, time.process_time() - cpu)
+    rows = [Predictions(f"fer-lab {reference}", probabilities, labels,
+                        time.perf_counter() - started, time.process_time() - cpu)]
+    if tta != "none":
+        from fer_lab.training.augment import test_time_views
+
+        started, cpu = time.perf_counter(), time.process_time()
+        views = test_time_views(pixels, tta, crop)
+        averaged = sum(run(view) for view in views) / len(views)
+        rows.append(Predictions(f"fer-lab {reference} + {tta}", averaged, labels,
+                                time.perf_counter() - started, time.process_time() - cpu))
+    return rows
 
 
 def predict_peer(peer_python: str, pixels: np.ndarray) -> Predictions:
@@ -265,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="use N evenly spaced PrivateTest images (default: all)")
     parser.add_argument("--peer-python", default=os.environ.get("FER_PEER_PYTHON", DEFAULT_PEER_PYTHON),
                         help="Python of the environment with `fer` (default $FER_PEER_PYTHON or %(default)s)")
+    parser.add_argument("--tta", choices=("none", "flip", "tencrop"), default="tencrop",
+                        help="also score fer-lab's model with test-time averaging (default %(default)s)")
+    parser.add_argument("--tta-crop", type=int, default=44, help="ten-crop side in pixels (default %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
 
@@ -272,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     pixels = read_pixels(files)
     # The peer first: a missing peer environment fails before the slow Keras and MLflow imports.
     peer = predict_peer(args.peer_python, pixels)
-    ours = predict_fer_lab(args.model, pixels)
-    results = [score(ours, targets), score(peer, targets)]
+    ours = predict_fer_lab(args.model, pixels, args.tta, args.tta_crop)
+    results = [*(score(row, targets) for row in ours), score(peer, targets)]
     print(f"FER2013 PrivateTest, {len(files)} images from {args.data}\n")
     print(markdown(results))
     if args.out:
