@@ -13,9 +13,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from unittest import mock
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
@@ -47,6 +47,7 @@ def configure(tracking_uri: str = "") -> str:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault(PROGRESS_BAR_VARIABLE, "false")  # download bars would fill the notebooks' outputs
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -145,6 +146,12 @@ def active_run_id() -> str:
     return run.info.run_id if run is not None else ""
 
 
+def active_parent_run_id() -> str:
+    """The pipeline parent of the active run ("" when there is no active run or it has no parent)."""
+    run = mlflow.active_run()
+    return (run.data.tags.get("mlflow.parentRunId") or "") if run is not None else ""
+
+
 def create_run(exp_id: str, run_name: str, tags: Mapping[str, str]) -> str:
     """Create a run without making it active (the runner's pipeline parent, a notebook that never started one)."""
     return MlflowClient().create_run(exp_id, run_name=run_name, tags=dict(tags)).info.run_id
@@ -191,16 +198,11 @@ def set_tags(tags: Mapping[str, Any], run_id: str = "") -> None:
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log numeric metrics to the active run, skipping values that are not finite numbers."""
-    clean = {key: float(value) for key, value in metrics.items() if _is_number(value)}
-    mlflow.log_metrics(clean, step=step)
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items() if _is_number(value)}, step=step)
 
 
 def _is_number(value: Any) -> bool:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return False
-    return number == number and abs(number) != float("inf")
+    return isinstance(value, (int, float, np.number)) and bool(np.isfinite(value))
 
 
 def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None, run_id: str = "") -> None:
@@ -388,8 +390,7 @@ def metric_history(run_ids: Sequence[str], key: str, names: Sequence[str] | None
 
 def load_csv_artifact(run_id: str, artifact: str) -> pd.DataFrame:
     """The CSV file `artifact` of run `run_id`, read with empty cells kept as empty strings."""
-    # patch.dict restores the variable afterwards; MLflow's progress bar would fill notebook outputs.
-    with tempfile.TemporaryDirectory() as scratch, mock.patch.dict(os.environ, {PROGRESS_BAR_VARIABLE: "false"}):
+    with tempfile.TemporaryDirectory() as scratch:
         try:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=scratch)
         except Exception as error:  # MLflow raises several types for a missing run or artifact

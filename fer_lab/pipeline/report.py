@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from fer_lab import tracking
 from fer_lab._shared import write_atomic
 
 if TYPE_CHECKING:
@@ -58,9 +59,13 @@ class PipelineResult:
         return self.report_dir / "index.html"
 
 
-def summary_dir(work_dir: str | Path) -> Path:
-    """Where notebooks leave tables and figures for the report index (cleared at each pipeline start)."""
-    return Path(work_dir) / SUMMARY_DIR_NAME
+def summary_dir(work_dir: str | Path, pipeline_run_id: str = "") -> Path:
+    """Where a pipeline's notebooks leave tables and figures for its report index: one folder per pipeline run.
+
+    Notebooks name no run: theirs is the parent of their active MLflow run (`interactive` outside a pipeline),
+    so two pipelines on the same dataset never mix their summaries.
+    """
+    return Path(work_dir) / SUMMARY_DIR_NAME / (pipeline_run_id or tracking.active_parent_run_id() or "interactive")
 
 
 def write_summary_table(work_dir: str | Path, name: str, table: pd.DataFrame, title: str) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -192,14 +191,14 @@ def run_pipeline(
 
     experiment_id = tracking.experiment_id(experiment, uri)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-{data_path.stem}"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    summary_dir = report.summary_dir(project.resolve(shared["work_dir"]))
-    shutil.rmtree(summary_dir, ignore_errors=True)
     parent_id = tracking.create_run(
         experiment_id, f"pipeline-{stamp}",
         {**tracking.base_tags(), "pipeline": "true", "data_dir": str(data_path), **(tags or {})},
     )
+    # The run id in the name: two pipelines started in the same second still get folders of their own.
+    report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-{data_path.stem}-{parent_id[:8]}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    summary_dir = report.summary_dir(project.resolve(shared["work_dir"]), parent_id)
     tracking.log_params({key: value for key, value in shared.items() if key not in ("tracking_uri", "parent_run_id")},
                         run_id=parent_id)
     result = PipelineResult(parent_run_id=parent_id, report_dir=report_dir, tracking_uri=uri, experiment=experiment)

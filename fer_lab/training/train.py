@@ -393,14 +393,15 @@ def training_manifest(data_path: str | os.PathLike[str], work_path: str | os.Pat
     from fer_lab.data import votes
 
     manifest = data.load_or_build_manifest(data_path, work_path, seed=seed)
-    manifest = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
+    readable = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
     filtered_file = Path(work_path) / FILTERED_MANIFEST
     if not (use_filtered and filtered_file.is_file()):
-        return votes.with_label_source(manifest, labels), "manifest.csv"
+        return votes.with_label_source(readable, labels), "manifest.csv"
     filtered = data.read_manifest(filtered_file)
+    # Against every row, unreadable ones included: the filter keeps those rows too, marked unreadable.
     strangers = set(filtered["path"]) - set(manifest["path"])
     if strangers:
-        raise FerLabError(f"{filtered_file} lists {len(strangers)} images that are not in {data_path} "
+        raise ConfigError(f"{filtered_file} lists {len(strangers)} images that are not in {data_path} "
                           f"(e.g. {sorted(strangers)[0]}); re-run 02_filter_faces for this dataset")
     filtered = filtered[filtered["readable"].astype(bool)]
     if "keep" in filtered:

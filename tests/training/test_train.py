@@ -247,6 +247,24 @@ def test_filtered_manifest_drops_rejected_training_images_only(sample_dir, tmp_p
         train.training_manifest(sample_dir, tmp_path, use_filtered=True)
 
 
+def test_unreadable_images_listed_by_the_filter_do_not_block_training(sample_dir, tmp_path):
+    """02 keeps unreadable files as rows marked unreadable; 03 must accept that manifest and skip them."""
+    import shutil
+
+    from fer_lab import data
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(sample_dir, dataset)
+    broken = next((dataset / "train").iterdir()) / "broken.png"
+    broken.write_bytes(b"not an image")
+    manifest = data.load_or_build_manifest(dataset, tmp_path / "work")
+    assert not manifest.loc[manifest["path"].str.endswith("broken.png"), "readable"].any()
+    data.write_manifest(manifest.assign(keep=manifest["readable"]), tmp_path / "work" / train.FILTERED_MANIFEST)
+    used, name = train.training_manifest(dataset, tmp_path / "work", use_filtered=True)
+    assert name == train.FILTERED_MANIFEST
+    assert len(used) == int(manifest["readable"].sum()) and not used["path"].str.endswith("broken.png").any()
+
+
 def test_a_head_phase_on_an_untrained_backbone_is_refused_in_one_line() -> None:
     with pytest.raises(ConfigError, match="phase head#1 trains only the head, but the backbone is untrained"):
         tiny_config(allow_untrained_head=False)
