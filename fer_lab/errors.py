@@ -20,3 +20,7 @@ class ConfigError(FerLabError):
 
 class FerLabWarning(UserWarning):
     """Something a user should know that does not stop the work (the one warning channel)."""
+
+
+class CorruptCacheWarning(FerLabWarning):
+    """A cache file could not be used; it is discarded and rebuilt."""

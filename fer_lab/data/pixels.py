@@ -17,7 +17,7 @@ from fer_lab.data.manifest import (
     manifest_fingerprint,
     map_batches,
 )
-from fer_lab.errors import DataError, FerLabWarning
+from fer_lab.errors import CorruptCacheWarning, DataError
 
 
 def load_pixels(
@@ -84,10 +84,6 @@ def _folder_pixels(root: Path, manifest: pd.DataFrame, size: int, workers: int |
     if not batches:
         return np.empty((0, size, size), dtype=np.uint8)
     return np.concatenate(batches)
-
-
-class CorruptCacheWarning(FerLabWarning):
-    """A cache file could not be used; it is discarded and rebuilt."""
 
 
 def _read_cache(cache_file: Path, shape: tuple[int, ...]) -> np.ndarray | None:

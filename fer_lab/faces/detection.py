@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -38,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from fer_lab._shared import available_cores, chunks
-from fer_lab.errors import ConfigError, DataError
+from fer_lab._shared import available_cores, chunks, one_line
+from fer_lab.errors import ConfigError, CorruptCacheWarning, DataError
 from fer_lab.faces.content import STATISTICS, content_statistics
 from fer_lab.faces.detector import Detector, Model, check_model, to_original
 
@@ -171,13 +172,31 @@ class FaceCache:
     def __init__(self, cache_dir: str | os.PathLike[str], settings: DetectorSettings) -> None:
         self.path = Path(cache_dir) / f"{settings.cache_name()}.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS detections (sha1 TEXT PRIMARY KEY, detections TEXT NOT NULL, "
-            "grey_range REAL NOT NULL, flatness REAL NOT NULL, noise REAL NOT NULL)"
-        )
-        self._db.commit()
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as error:
+            # A truncated or overwritten cache holds nothing worth keeping: detect again.
+            warnings.warn(f"{self.path}: corrupt face-detection cache ({one_line(error)}); rebuilding it",
+                          CorruptCacheWarning, stacklevel=2)
+            for stale in self.path.parent.glob(f"{self.path.name}*"):
+                stale.unlink()
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60)
+        try:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS detections (sha1 TEXT PRIMARY KEY, detections TEXT NOT NULL, "
+                "grey_range REAL NOT NULL, flatness REAL NOT NULL, noise REAL NOT NULL)"
+            )
+            db.commit()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     def get(self, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
         """Stored rows for those of `keys` that are cached."""

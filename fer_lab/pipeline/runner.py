@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import time
 from datetime import datetime
@@ -55,8 +56,14 @@ def load_params_files(files: Iterable[str | os.PathLike[str]]) -> dict[str, Any]
         unknown = set(content) - {"shared", "notebooks", "description"}
         if unknown:
             raise ConfigError(f"{file}: expected top-level keys shared/notebooks, found {sorted(unknown)}")
-        merged["shared"].update(content.get("shared") or {})
-        for name, values in (content.get("notebooks") or {}).items():
+        sections = {key: content.get(key) or {} for key in ("shared", "notebooks")}
+        for key, section in sections.items():
+            if not isinstance(section, dict):
+                raise ConfigError(f"{file}: `{key}` must map names to values, not a {type(section).__name__}")
+        merged["shared"].update(sections["shared"])
+        for name, values in sections["notebooks"].items():
+            if not isinstance(values or {}, dict):
+                raise ConfigError(f"{file}: notebooks.{name} must map parameter names to values")
             merged["notebooks"].setdefault(name, {}).update(values or {})
     return merged
 
@@ -97,7 +104,7 @@ def plan_parameters(notebooks: list[Path], params: Mapping[str, Any]) -> dict[st
         if not users:
             raise ConfigError(f"unknown parameter '{key}': no notebook declares it")
         for name in users:
-            planned[name][key] = value
+            planned[name][key] = _checked_value(name, key, value, declared[name][key])
     for name, values in params.get("notebooks", {}).items():
         if name not in declared:
             raise ConfigError(f"unknown notebook '{name}' (notebooks: {', '.join(declared)})")
@@ -106,8 +113,22 @@ def plan_parameters(notebooks: list[Path], params: Mapping[str, Any]) -> dict[st
                 raise ConfigError(
                     f"unknown parameter '{key}' for {name} (it declares: {', '.join(declared[name])})"
                 )
-            planned[name][key] = value
+            planned[name][key] = _checked_value(name, key, value, declared[name][key])
     return planned
+
+
+def _checked_value(notebook: str, key: str, value: Any, default_source: str) -> Any:
+    """`value` when it has the type of the parameter's default (ints pass where floats are expected)."""
+    try:
+        default = ast.literal_eval(default_source)
+    except (ValueError, SyntaxError):
+        return value  # a default computed by code: nothing to compare with
+    expected: tuple[type, ...] = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,),
+                                  dict: (dict,)}.get(type(default), (object,))
+    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+        raise ConfigError(f"{notebook}.{key} = {value!r}: expected {' or '.join(t.__name__ for t in expected)}, "
+                          f"like its default {default!r}")
+    return value
 
 
 def _kernel_name() -> str:

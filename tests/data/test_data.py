@@ -16,7 +16,7 @@ from fer_lab import cli, data
 from fer_lab.data import imaging
 from fer_lab.data import manifest as manifest_module
 from fer_lab.data.labels import FER2013_EMOTIONS
-from fer_lab.errors import DataError
+from fer_lab.errors import CorruptCacheWarning, DataError
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -315,6 +315,17 @@ def test_load_pixels_matches_files_and_uses_the_cache(sample_dir, tmp_path):
     assert data.load_pixels(sample_dir, manifest, cache_dir=cache).max() == 0
     small = data.load_pixels(sample_dir, manifest, size=24, cache_dir=cache)
     assert small.shape == (len(manifest), 24, 24) and small.max() > 0
+
+
+def test_a_truncated_pixel_cache_is_rebuilt_with_a_notice(sample_dir, tmp_path):
+    manifest = data.build_manifest(sample_dir)
+    pixels = data.load_pixels(sample_dir, manifest, cache_dir=tmp_path)
+    (cache_file,) = tmp_path.glob("pixels-*-48.npy")
+    cache_file.write_bytes(cache_file.read_bytes()[: cache_file.stat().st_size // 2])
+    with pytest.warns(CorruptCacheWarning, match="corrupt pixel cache"):
+        again = data.load_pixels(sample_dir, manifest, cache_dir=tmp_path)
+    assert np.array_equal(again, pixels)
+    assert np.array_equal(np.load(cache_file), pixels)  # written whole again
 
 
 def test_worker_pool_gives_the_same_manifest_and_pixels(sample_dir, monkeypatch):

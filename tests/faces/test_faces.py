@@ -19,7 +19,7 @@ import skimage.data
 from PIL import Image
 
 from fer_lab import data, project
-from fer_lab.errors import FerLabError
+from fer_lab.errors import CorruptCacheWarning, FerLabError
 from fer_lab.faces import content, detection
 from fer_lab.faces.detection import DetectorSettings
 
@@ -91,6 +91,20 @@ def test_content_statistics_tell_blank_flat_and_noise_apart():
     assert stats["icon"][1] > 0.7 and stats["face"][1] < 0.2
     assert stats["noise"][2] > 0.8 and stats["face"][2] < 0.2
     assert [name for name, values in stats.items() if content.is_blank(values[0])] == ["blank"]
+
+
+def test_a_corrupt_detection_cache_is_rebuilt_with_a_notice(tmp_path):
+    images = _lfw_48()[90:100]
+    first = detection.detect(images, cache_dir=tmp_path)
+    (cache_file,) = tmp_path.glob("*.sqlite")
+    for leftover in tmp_path.glob("*.sqlite-*"):  # WAL files: the damage is in the main file alone
+        leftover.unlink()
+    cache_file.write_bytes(cache_file.read_bytes()[:100] + b"\0garbage" * 200)
+    with pytest.warns(CorruptCacheWarning, match="corrupt face-detection cache"):
+        again = detection.detect(images, cache_dir=tmp_path)
+    assert (again.computed, again.cached) == (10, 0)
+    pd.testing.assert_frame_equal(again.table, first.table)
+    assert detection.detect(images, cache_dir=tmp_path).cached == 10
 
 
 def test_second_run_detects_nothing_and_threshold_changes_need_no_detection(tmp_path):

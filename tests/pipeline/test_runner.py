@@ -4,7 +4,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fer_lab.errors import FerLabError
+from fer_lab.errors import ConfigError, FerLabError
 from fer_lab.pipeline import runner
 
 START = ('import mlflow\nfrom fer_lab import tracking\n'
@@ -79,8 +79,10 @@ def test_failing_notebook_stops_pipeline_and_marks_runs_failed(pipeline, tmp_pat
     ({"no_such_param": 1}, "unknown parameter 'no_such_param'"),
     ({"01_first.should_fail": True}, "unknown parameter 'should_fail' for 01_first"),
     ({"09_missing.x": 1}, "unknown notebook '09_missing'"),
+    ({"01_first.answer": "abc"}, r"01_first.answer = 'abc': expected int, like its default 1"),
+    ({"02_second.should_fail": 1}, "02_second.should_fail = 1: expected bool"),
 ])
-def test_unknown_parameters_fail_before_anything_runs(pipeline, tmp_path, overrides, message):
+def test_bad_parameters_fail_before_anything_runs(pipeline, tmp_path, overrides, message):
     with pytest.raises(FerLabError, match=message):
         _run(pipeline, tmp_path, overrides=overrides)
     assert not (tmp_path / "report").exists()
@@ -91,6 +93,13 @@ def test_only_selects_by_number_and_rejects_unknown_names(pipeline, tmp_path):
     assert [nb.name for nb in result.notebooks] == ["02_second"]
     with pytest.raises(FerLabError, match="--only 07"):
         _run(pipeline, tmp_path, only=["07"])
+
+
+def test_a_params_file_of_the_wrong_shape_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("shared: [1, 2]\n")
+    with pytest.raises(ConfigError, match="`shared` must map names to values, not a list"):
+        runner.load_params_files([bad])
 
 
 def test_parse_overrides_reads_yaml_scalars():
