@@ -10,7 +10,12 @@ from fer_lab.errors import FerLabError
 
 
 def _run(args: argparse.Namespace) -> int:
+    import signal
+
     from fer_lab.pipeline import runner
+
+    # A pipeline stopped by SIGTERM ends like one stopped by Ctrl-C: its MLflow runs KILLED, its report written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     if args.experiment:
         return _run_experiment(args)

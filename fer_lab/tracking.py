@@ -168,9 +168,9 @@ def notebook_run(exp_id: str, parent_run_id: str, notebook: str) -> str:
     return create_run(exp_id, notebook, {**base_tags(), "notebook": notebook, "mlflow.parentRunId": parent_run_id})
 
 
-def finish_run(run_id: str, ok: bool) -> None:
-    """Set a run's final status (the runner calls this once the notebook's kernel has exited)."""
-    status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+def finish_run(run_id: str, ok: bool, status: str = "") -> None:
+    """Set a run's final status: FINISHED or FAILED by `ok`, or `status` (KILLED for an interrupt)."""
+    status = status or RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
     MlflowClient().set_terminated(run_id, status=status)
 
 
@@ -365,7 +365,7 @@ def resolve_training_run(experiment: str, parent_run_id: str = "", run_id: str =
         return run_id
     found = training_run_of(parent_run_id, experiment) if parent_run_id else ""
     if not found:
-        runs = find_runs(experiment, finished_only=True, max_runs=1)
+        runs = find_runs(experiment, tags={"has_model": "true"}, finished_only=True, max_runs=1)
         found = str(runs["run_id"].iloc[0]) if not runs.empty else ""
     if not found:
         raise ConfigError(f"experiment {experiment!r} has no finished {TRAIN_NOTEBOOK} run to evaluate; "
@@ -415,6 +415,7 @@ def log_model(model: Any, labels: Sequence[str]) -> str:
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, input_size, input_size, 1))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)))]),
     )
+    mlflow.set_tag("has_model", "true")  # what run lookups require: a run interrupted before this has no model
     info = mlflow.keras.log_model(
         model, name=MODEL_ARTIFACT, signature=signature,
         metadata={"labels": list(labels), "input_size": input_size},
@@ -424,18 +425,14 @@ def log_model(model: Any, labels: Sequence[str]) -> str:
     return info.model_uri
 
 
-def _load_keras(uri: str, failure: str) -> tuple[Any, dict[str, Any]]:
+def load_model(uri: str, failure: str = "") -> tuple[Any, dict[str, Any]]:
+    """A Keras model from any MLflow model URI (`runs:/`, `models:/`, a folder) and its metadata."""
     try:
         info = mlflow.models.get_model_info(uri)
         model = mlflow.keras.load_model(uri)
     except Exception as error:  # MLflow raises several types for a missing run, model or registry entry
-        raise ConfigError(f"{failure}: {one_line(error)[:300]}") from error
+        raise ConfigError(f"{failure or f'cannot load model {uri!r}'}: {one_line(error)[:300]}") from error
     return model, dict(info.metadata or {})
-
-
-def load_model(uri: str) -> tuple[Any, dict[str, Any]]:
-    """A Keras model from any MLflow model URI (`runs:/`, `models:/`, a folder) and its metadata."""
-    return _load_keras(uri, f"cannot load model {uri!r}")
 
 
 def load_run_model(run_id: str, tracking_uri: str = "") -> tuple[Any, list[str]]:
@@ -443,7 +440,7 @@ def load_run_model(run_id: str, tracking_uri: str = "") -> tuple[Any, list[str]]
     if tracking_uri:
         configure(tracking_uri)
     uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
-    model, metadata = _load_keras(uri, f"run {run_id} has no loadable model at {MODEL_ARTIFACT}")
+    model, metadata = load_model(uri, f"run {run_id} has no loadable model at {MODEL_ARTIFACT}")
     labels = metadata.get("labels")
     if not labels:
         raise ConfigError(f"model of run {run_id} carries no labels in its metadata")

@@ -233,6 +233,7 @@ def run_pipeline(
     # MLflow's download bars would fill the executed notebooks that reviewers read.
     os.environ.setdefault(tracking.PROGRESS_BAR_VARIABLE, "false")
     kernel = _kernel_name()
+    interrupted = False
     for index, notebook in enumerate(selected, start=1):
         name = notebook.stem
         output = report_dir / notebook.name
@@ -247,6 +248,9 @@ def run_pipeline(
             )
         except PapermillExecutionError as failure:
             error = f"{failure.ename}: {failure.evalue}"
+            interrupted = failure.ename == "KeyboardInterrupt"
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the CLI
+            error, interrupted = "KeyboardInterrupt: interrupted by the user", True
         except Exception as failure:  # a kernel that died or never started still gets reported, not raised
             error = f"{type(failure).__name__}: {failure}"
         seconds = time.perf_counter() - started
@@ -255,11 +259,13 @@ def run_pipeline(
         for artifact in (output, html_path):
             if artifact is not None and artifact.exists():
                 tracking.log_artifact(artifact, "notebook", run_id=run_id)
-        tracking.finish_run(run_id, ok=not error)
+        tracking.finish_run(run_id, ok=not error, status="KILLED" if interrupted else "")
         result.notebooks.append(NotebookResult(name, output, html_path, not error, seconds, run_id, error))
         log(f"    {'ok' if not error else 'FAILED'} in {seconds:.1f} s" + (f": {error}" if error else ""))
         if error:
             break
-    tracking.finish_run(parent_id, ok=result.ok)
+    tracking.finish_run(parent_id, ok=result.ok, status="KILLED" if interrupted else "")
     report.write_index(result, summary_dir)
+    if interrupted:  # every run is closed and the partial report written: now stop as asked
+        raise KeyboardInterrupt
     return result

@@ -107,3 +107,47 @@ def test_parse_overrides_reads_yaml_scalars():
         "a": 1, "03_train.lr": 0.001, "flag": True, "name": "x"}
     with pytest.raises(FerLabError):
         runner.parse_overrides(["novalue"])
+
+
+INTERRUPTED_PIPELINE = """
+import sys
+from pathlib import Path
+from fer_lab.pipeline import runner
+
+notebooks, data, uri, out = map(Path, sys.argv[1:5])
+runner.run_pipeline(data_dir=data, overrides={"tracking_uri": sys.argv[3], "work_dir": str(out / "work"),
+                                              "01_first.answer": 7},
+                    notebooks_dir=notebooks, out_dir=out / "report", log=lambda line: print(line, flush=True))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_every_run_killed_and_writes_the_partial_report(tmp_path, write_notebook):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fer_lab import project
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    write_notebook(notebooks / "01_first.ipynb", "answer = 1\n",
+                   START.format(name="01_first") + 'import time\nprint("started", flush=True)\ntime.sleep(120)\n')
+    (tmp_path / "data").mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_PIPELINE)
+    process = subprocess.Popen([sys.executable, str(script), str(notebooks), str(tmp_path / "data"), uri, str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.ROOT)
+    deadline = time.time() + 120
+    for line in process.stdout:
+        if "started" in line or time.time() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fer-lab").experiment_id])
+    assert {run.info.status for run in runs} == {"KILLED"} and len(runs) == 2
+    assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "01_first.html").is_file()
