@@ -62,6 +62,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     reference = args.model or inference.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)
     loaded = inference.load_model(reference, args.tracking_uri)
+    print(f"model: {reference} ({len(loaded.labels)} classes)")
     fer2013 = inference.Framing()
     framing = inference.Framing(args.crop_scale or fer2013.scale, fer2013.lift if args.crop_lift is None else args.crop_lift)
     result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
@@ -72,6 +73,9 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"written to {args.out}")
     for line in (result.warnings if isinstance(result, video.VideoAnalysis) else result.messages()):
         print(f"warning: {line}", file=sys.stderr)
+    if isinstance(result, inference.ImagePredictions) and not (result.table["error"] == "").any():
+        print(f"error: none of the images under {args.path} could be read", file=sys.stderr)
+        return 2
     return 0
 
 

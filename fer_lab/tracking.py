@@ -368,7 +368,7 @@ def resolve_training_run(experiment: str, parent_run_id: str = "", run_id: str =
         runs = find_runs(experiment, tags={"has_model": "true"}, finished_only=True, max_runs=1)
         found = str(runs["run_id"].iloc[0]) if not runs.empty else ""
     if not found:
-        raise ConfigError(f"experiment {experiment!r} has no finished {TRAIN_NOTEBOOK} run to evaluate; "
+        raise ConfigError(f"experiment {experiment!r} has no finished {TRAIN_NOTEBOOK} run with a model; "
                           f"run {TRAIN_NOTEBOOK} first or pass model_run_id")
     return found
 

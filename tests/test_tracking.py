@@ -46,6 +46,9 @@ def test_a_run_name_with_a_quote_resumes_and_is_found(store) -> None:
     assert MlflowClient().get_run(first.info.run_id).data.tags["resumed"] == "true"
     found = tracking.find_runs("quotes", tags={"variant": QUOTED}, params={"variant": QUOTED}, finished_only=True)
     assert found["run_id"].tolist() == [first.info.run_id]
+    with pytest.raises(ConfigError, match="no finished 03_train run"):
+        tracking.resolve_training_run("quotes")  # finished, but it never logged a model
+    MlflowClient().set_tag(first.info.run_id, "has_model", "true")
     assert tracking.resolve_training_run("quotes") == first.info.run_id
     with pytest.raises(ConfigError, match="not MLflow run ids"):
         tracking.find_runs("quotes", run_ids=["x' or '1'='1"])

@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from fer_lab import tracking
+from fer_lab.data.labels import probability_column
 from fer_lab.errors import ConfigError, DataError, FerLabWarning
 from fer_lab.training import augment
 from fer_lab.training.predict import predict_probabilities
@@ -37,11 +38,6 @@ class LeakageWarning(FerLabWarning):
 
 class UnknownClassWarning(FerLabWarning):
     """Evaluated images of classes the model was not trained on are left out."""
-
-
-def prob_column(label: str) -> str:
-    """Column name holding the predicted probability of `label`."""
-    return f"prob_{label}"
 
 
 def metric_prefix(split: str) -> str:
@@ -90,16 +86,16 @@ def predictions_frame(rows: pd.DataFrame, probabilities: np.ndarray,
         "label": rows["label"].to_numpy(),
         "pred": np.asarray(labels, dtype=object)[probabilities.argmax(axis=1)],
     })
-    probs = pd.DataFrame(probabilities, columns=[prob_column(label) for label in labels])
+    probs = pd.DataFrame(probabilities, columns=[probability_column(label) for label in labels])
     return pd.concat([frame, probs], axis=1)
 
 
 def probability_matrix(predictions: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
     """The (N, classes) probability block of a predictions frame, in `labels` order."""
-    missing = [prob_column(label) for label in labels if prob_column(label) not in predictions]
+    missing = [probability_column(label) for label in labels if probability_column(label) not in predictions]
     if missing:
         raise DataError(f"predictions lack probability columns {missing}")
-    return predictions[[prob_column(label) for label in labels]].to_numpy(dtype=np.float64)
+    return predictions[[probability_column(label) for label in labels]].to_numpy(dtype=np.float64)
 
 
 def _check_labels(predictions: pd.DataFrame, labels: Sequence[str]) -> None:
@@ -288,7 +284,7 @@ def confident_mistakes(predictions: pd.DataFrame, true: str, predicted: str, k: 
         Their rows, most confident first, with the confidence in column `confidence`.
     """
     wrong = predictions[(predictions["label"] == true) & (predictions["pred"] == predicted)]
-    wrong = wrong.assign(confidence=wrong[prob_column(predicted)])
+    wrong = wrong.assign(confidence=wrong[probability_column(predicted)])
     return wrong.sort_values("confidence", ascending=False).head(k)
 
 

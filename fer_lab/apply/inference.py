@@ -29,6 +29,7 @@ from fer_lab import data
 from fer_lab._shared import chunks, one_line
 from fer_lab.apply.annotate import annotate
 from fer_lab.data import CLASSES, IMAGE_EXTENSIONS, imaging
+from fer_lab.data.labels import probability_column
 from fer_lab.errors import ConfigError, DataError, FerLabError
 from fer_lab.faces.detector import BOX_COLUMNS, DetectorConfig, FaceDetector
 
@@ -264,7 +265,7 @@ def default_model_reference(experiment: str = "fer-lab", parent_run_id: str = ""
 
 def probability_columns(labels: Iterable[str]) -> list[str]:
     """Column names of the class probabilities in prediction tables."""
-    return [f"p_{label}" for label in labels]
+    return [probability_column(label) for label in labels]
 
 
 @dataclass
@@ -422,7 +423,9 @@ class ImagePredictions:
                  f"{self.errors['error'].iloc[0]}"] if len(self.errors) else []
         readable = self.table.loc[self.table["error"] == "", "path"].nunique()
         if readable and self.faces.empty:
-            lines.append(f"no faces found in any of the {readable} readable images")
+            lines.append(f"no faces found in any of the {readable} readable images; the detector needs faces of "
+                         "about 80 px and more in photos or frames: classify face crops such as FER2013's 48 px "
+                         "images directly (04_evaluate, fer_lab.training.predict)")
         return lines
 
     def annotated(self, path: str | os.PathLike[str]) -> np.ndarray:

@@ -32,3 +32,8 @@ def canonical_label(name: str) -> str:
     """Map a class name or alias (any case) to its canonical name; unknown names are lowercased."""
     key = name.strip().lower()
     return CLASS_ALIASES.get(key, key)
+
+
+def probability_column(label: str) -> str:
+    """The column holding the predicted probability of `label`, in every prediction table fer_lab writes."""
+    return f"prob_{label}"

@@ -184,7 +184,8 @@ def test_bad_inputs_are_reported_and_the_rest_kept(predictor: inference.Predicto
     no_face = result.table[result.table["path"] == str(blank)].iloc[0]
     assert pd.isna(no_face["face"]) and no_face["label"] == "" and no_face["error"] == ""
     assert result.messages() == [f"1 of 3 files unreadable; first: {broken}: not an image this predictor can read"]
-    assert predictor.predict_files([blank]).messages() == ["no faces found in any of the 1 readable images"]
+    (message,) = predictor.predict_files([blank]).messages()
+    assert message.startswith("no faces found in any of the 1 readable images; the detector needs faces of about 80 px")
 
 
 def test_huge_and_missing_images_raise_one_line_errors(tmp_path: Path) -> None:
@@ -210,9 +211,12 @@ def test_cli_predict_writes_table(model_store: tuple[str, str, str], tmp_path: P
                      "--out", str(out)])
     printed = capsys.readouterr()
     assert code == 0
+    assert f"model: runs:/{run_id}/model (7 classes)" in printed.out
     assert "astronaut.png" in printed.out and "warning: 1 of 2 files unreadable" in printed.err
     table = pd.read_csv(out / "predictions.csv")
     assert len(table) == 2 and table["face"].notna().sum() == 1
     assert (out / "astronaut_annotated.jpg").is_file()
     assert cli.main(["predict", str(tmp_path / "missing.png"), "--model", run_id, "--tracking-uri", uri]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+    assert cli.main(["predict", str(folder / "notes.jpg"), "--model", run_id, "--tracking-uri", uri]) == 2
+    assert "error: none of the images" in capsys.readouterr().err  # an unreadable image is a failure, not a warning
