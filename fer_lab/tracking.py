@@ -214,8 +214,9 @@ def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None,
 
 
 def log_artifacts(folder: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-    """Log every file under `folder` to the active run, under `artifact_path`."""
-    mlflow.log_artifacts(str(folder), artifact_path)
+    """Log every file under `folder` to the active run, under `artifact_path` (nothing when it does not exist)."""
+    if Path(folder).is_dir():
+        mlflow.log_artifacts(str(folder), artifact_path)
 
 
 def log_figure(fig: "Figure", name: str) -> None:

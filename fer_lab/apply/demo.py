@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from fer_lab.apply.inference import ImagePredictions
 from fer_lab.apply.video import VIDEO_MAX_SIDE, VideoAnalysis
 from fer_lab.apply.video_io import FrameWriter
 from fer_lab.data import imaging
-from fer_lab.errors import DataError
+from fer_lab.errors import DataError, FerLabWarning
 from fer_lab.faces.detector import DetectorConfig, FaceDetector
 
 # Test faces the demo chooses from (only those the detector finds once enlarged are used).
@@ -244,7 +245,14 @@ def choose_inputs(
     """
     if input_path:
         return [project.resolve(input_path)], None
-    demo = dataset_inputs(data_path, manifest, out_dir, seed=seed, seconds=seconds, cache_dir=cache_dir)
+    try:
+        demo = dataset_inputs(data_path, manifest, out_dir, seed=seed, seconds=seconds, cache_dir=cache_dir)
+    except DataError as error:
+        # A dataset whose faces the detector cannot see in a scene still had its model trained and scored:
+        # the demo is skipped with a note instead of failing the pipeline.
+        warnings.warn(f"no generated demo: {error}; pass input_path to apply the model to your own photos or video",
+                      FerLabWarning, stacklevel=2)
+        return [], None
     return [*demo.stills, demo.video], demo.truth
 
 

@@ -180,3 +180,21 @@ def test_demo_inputs_hold_detectable_faces(predictor: inference.Predictor, tmp_p
     assert list(overview["kind"]) == ["video", "images"] and overview["agreement"].between(0, 1).all()
     assert set(metrics) == {"demo_processing_fps", "demo_video_agreement", "demo_photo_agreement"}
     assert len(annotate.photos_figure([stills]).axes) == 2
+
+
+def test_a_dataset_whose_faces_the_detector_cannot_see_skips_the_demo_with_a_note(tmp_path):
+    from PIL import Image
+
+    from fer_lab.apply import demo
+    from fer_lab.errors import FerLabWarning
+
+    for index in range(4):
+        folder = tmp_path / "faces" / "test" / "happy"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((48, 48), 90 + index, np.uint8)).save(folder / f"flat{index}.png")
+    manifest = data.build_manifest(tmp_path / "faces")
+    with pytest.warns(FerLabWarning, match="no generated demo: none of the 4 faces is found"):
+        targets, truth = demo.choose_inputs("", tmp_path / "faces", manifest, tmp_path / "demo")
+    assert targets == [] and truth is None
+    overview, metrics = demo.overview([], demo.photo_table([]), None)
+    assert overview.empty and metrics == {}
