@@ -340,9 +340,11 @@ def _relog_missing_epochs(run_id: str, history: list[dict[str, Any]]) -> None:
 
 def plot_history(history: pd.DataFrame, plan: Sequence[schedule.PlannedPhase]) -> "Figure":
     """Loss, accuracy and learning rate per global epoch, with the phase boundaries marked."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    # Outside pyplot, like every figure in fer_lab.plots: the notebook shows it once, as the cell's value.
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for ax, metric in zip(axes[:2], ("loss", "accuracy")):
         ax.plot(history["epoch"], history[f"train_{metric}"], "o-", label="train", markersize=3)
         ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="val", markersize=3)
