@@ -82,8 +82,13 @@ def write_summary_table(work_dir: str | Path, name: str, table: pd.DataFrame, ti
     """
     target = summary_dir(work_dir) / f"{name}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(f"<h2>{html.escape(title)}</h2>\n{table.to_html(index=False, border=0)}\n", encoding="utf-8")
+    target.write_text(f"<h2>{html.escape(title)}</h2>\n{table.to_html(index=False, border=0, float_format=_number)}\n", encoding="utf-8")
     return target
+
+
+def _number(value: float) -> str:
+    """Counts as integers (452, not 452.0000), other values to four significant digits."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.4g}"
 
 
 def write_summary_figure(work_dir: str | Path, name: str, fig: "Figure") -> Path:
