@@ -152,18 +152,23 @@ def default_runs(experiment: str, parent_run_id: str = "", max_runs: int = 10, s
 
     Returns:
         The training runs under `parent_run_id` when there are at least two; else the experiment's
-        latest finished training runs, restricted to those evaluated on the same images as the
-        pipeline's own training run when it has been evaluated. Newest first.
+        latest finished training runs evaluated on the same images as the pipeline's own training run
+        (or, without a pipeline, as the newest evaluated run), so one store may hold several datasets.
+        Newest first.
     """
     tags = {}
+    tag = f"tags.{evaluation_set_tag(split)}"
     if parent_run_id:
         children = tracking.find_runs(experiment, parent_run_id=parent_run_id, max_runs=max_runs)
         if len(children) >= 2:
             return children
-        tag = f"tags.{evaluation_set_tag(split)}"
         if len(children) == 1 and tag in children and isinstance(children[tag].iloc[0], str):
             tags = {evaluation_set_tag(split): children[tag].iloc[0]}
-    return tracking.find_runs(experiment, tags=tags, finished_only=True, max_runs=max_runs)
+    runs = tracking.find_runs(experiment, tags=tags, finished_only=True, max_runs=max_runs * 5)
+    if not tags and tag in runs and runs[tag].notna().any():
+        # A store holds runs of several datasets: compare those scored on the newest run's images only.
+        runs = runs[runs[tag] == runs[tag].dropna().iloc[0]]
+    return runs.head(max_runs).reset_index(drop=True)
 
 
 def select_runs(experiment: str, run_ids: str = "", *, filter_tags: str = "", filter_params: str = "",

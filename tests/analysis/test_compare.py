@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fer_lab import project, tracking
-from fer_lab.analysis import compare
+from fer_lab.analysis import compare, evaluate
 from fer_lab.errors import ConfigError, FerLabError
 from fer_lab.pipeline import experiments, runner
 from fer_lab.training import schedule
@@ -293,3 +293,17 @@ def test_run_names_prefer_variant_then_run_name() -> None:
                          "tags.variant": ["filtered", float("nan"), None],
                          "tags.mlflow.runName": ["03_train", "03_train", None]})
     assert compare.run_names(runs).tolist() == ["filtered (aaaaaa)", "03_train (bbbbbb)", "cccccccc"]
+
+
+def test_default_runs_without_a_pipeline_keep_one_evaluation_set(tmp_path) -> None:
+    """A store with runs of two datasets: 05's defaults compare the newest evaluated run's images only."""
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("two-datasets")
+    tag = evaluate.evaluation_set_tag("test")
+    made = {}
+    for name, images in (("fer2013", "A"), ("sample-1", "B"), ("unscored", None), ("sample-2", "B")):
+        with mlflow.start_run(run_name=name) as run:
+            mlflow.set_tags({"notebook": "03_train", **({tag: images} if images else {})})
+        made[name] = run.info.run_id
+    chosen = compare.default_runs("two-datasets")
+    assert chosen["run_id"].tolist() == [made["sample-2"], made["sample-1"]]
