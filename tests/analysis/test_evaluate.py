@@ -351,7 +351,9 @@ def test_evaluate_notebook_reports_leakage_figures_and_summary(evaluated_pipelin
     figures = {item.path for item in client.list_artifacts(evaluate_run, "figures")}
     assert {"figures/confusion_counts_test.png", "figures/confusion_normalized_test.png",
             "figures/reliability_test.png", "figures/reliability_per_class_test.png"} <= figures
-    summary = work / "report_summary"
+    from fer_lab.pipeline import report
+
+    summary = report.summary_dir(work, result.parent_run_id)  # each pipeline run has its own summaries
     assert {"04_1_metrics.html", "04_2_per_class.html", "04_2_per_class.csv",
             "04_3_confusion_normalized.png"} <= {path.name for path in summary.iterdir()}
     per_class = pd.read_csv(summary / "04_2_per_class.csv", index_col=0)
