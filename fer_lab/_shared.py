@@ -58,14 +58,10 @@ def start_method() -> str:
     return "spawn"
 
 
-def process_pool(workers: int, **options: Any) -> ProcessPoolExecutor:
-    """A process pool started the safe way for this process (see `start_method`)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(start_method()), **options)
-
-
 def map_in_processes(function: Callable[..., Any], batches: Sequence[Any], workers: int, *args: Any) -> list[Any]:
-    """`function(batch, *args)` for every batch, in order, in `workers` processes."""
-    with process_pool(workers) as pool:
+    """`function(batch, *args)` for every batch, in order, in `workers` processes started the safe way."""
+    context = multiprocessing.get_context(start_method())
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         return list(pool.map(function, batches, *[[arg] * len(batches) for arg in args]))
 
 

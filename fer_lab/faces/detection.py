@@ -356,7 +356,7 @@ def _compute(
                 bar.update(len(computed))
                 yield computed
             return
-        # Always spawn, not `_shared.process_pool`'s fork-when-single-threaded: that check sees only
+        # Always spawn, not `_shared.map_in_processes`' fork-when-single-threaded: that check sees only
         # Python threads, while a kernel that imported TensorFlow or a BLAS holds native threads whose
         # locks fork would copy into dlib's workers. An executor (unlike multiprocessing.Pool) fails
         # instead of hanging when a worker dies.
