@@ -1,12 +1,8 @@
-"""The one home of MLflow: where runs are tracked, how they are found, and how models go in and out.
-
-Every other module reaches MLflow through these functions, so MLflow's API, its search syntax and the
-model flavour are handled here once. A base module: it knows notebooks only by their runs' `notebook` tag."""
+"""The tracking store and runs: where runs live, how notebooks start and finish them, and what they log."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -21,8 +17,8 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from fer_lab import __version__, project
-from fer_lab._shared import chunks, one_line
-from fer_lab.errors import ConfigError, DataError
+from fer_lab._shared import chunks
+from fer_lab.errors import ConfigError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,7 +29,6 @@ MODEL_ARTIFACT = "model"
 UNFINISHED = ("RUNNING", "FAILED", "KILLED", "SCHEDULED")
 PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 METRICS_PER_REQUEST = 500  # MLflow accepts at most 1000 metrics per request
-_RUN_ID = re.compile(r"^[0-9A-Za-z_-]+$")
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -87,6 +82,50 @@ def git_commit() -> str:
 def base_tags() -> dict[str, str]:
     """Tags every fer-lab run carries, so a number can be traced back to its code."""
     return {"git_commit": git_commit(), "fer_lab_version": __version__}
+
+
+# --- search filters ---------------------------------------------------------------------------
+def quoted(value: Any) -> str:
+    """`value` as a string literal of MLflow's search syntax, which has no escape for a quote: a value
+    holding `'` goes in double quotes; one holding both, or ending in a backslash (which would escape
+    the closing quote), cannot be written and is refused."""
+    text = str(value)
+    quote = "'" if "'" not in text else '"'
+    if quote in text or text.endswith("\\"):
+        raise ConfigError(f"cannot search MLflow for {text!r}: a value may hold ' or \" but not both, "
+                          "and may not end with a backslash")
+    return f"{quote}{text}{quote}"
+
+
+def _key(name: str) -> str:
+    if "`" in name or not name.strip():
+        raise ConfigError(f"cannot search MLflow for key {name!r}: keys may not be empty or hold backticks")
+    return f"`{name}`"
+
+
+def search_filter(*, tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+                  parent_run_id: str = "", run_name: str = "", finished_only: bool = False) -> str:
+    """An MLflow filter string matching runs that have all of the given tags, params and attributes.
+
+    Args:
+        tags: Tag values the runs must carry.
+        params: Parameter values the runs must have (compared as strings).
+        parent_run_id: When set, only children of this run.
+        run_name: When set, only runs of this name.
+        finished_only: Only runs whose status is FINISHED.
+
+    Returns:
+        The clauses joined with `and` ("" for no condition); every value is quoted safely.
+    """
+    clauses = [f"tags.{_key(key)} = {quoted(value)}" for key, value in (tags or {}).items()]
+    clauses += [f"params.{_key(key)} = {quoted(value)}" for key, value in (params or {}).items()]
+    if parent_run_id:
+        clauses.append(f"tags.`mlflow.parentRunId` = {quoted(parent_run_id)}")
+    if run_name:
+        clauses.append(f"attributes.run_name = {quoted(run_name)}")
+    if finished_only:
+        clauses.append("attributes.status = 'FINISHED'")
+    return " and ".join(clauses)
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -275,174 +314,3 @@ def log_to_run(run_id: str, metrics: Mapping[str, float], artifacts: Sequence[st
         client.log_artifact(run_id, str(artifact))
 
 
-# --- finding runs and reading them back ----------------------------------------------------------
-def _quote(value: Any) -> str:
-    """`value` as a string literal of MLflow's search syntax, which has no escape for a quote: a value
-    holding `'` goes in double quotes; one holding both, or ending in a backslash (which would escape
-    the closing quote), cannot be written and is refused."""
-    text = str(value)
-    quote = "'" if "'" not in text else '"'
-    if quote in text or text.endswith("\\"):
-        raise ConfigError(f"cannot search MLflow for {text!r}: a value may hold ' or \" but not both, "
-                          "and may not end with a backslash")
-    return f"{quote}{text}{quote}"
-
-
-def _key(name: str) -> str:
-    if "`" in name or not name.strip():
-        raise ConfigError(f"cannot search MLflow for key {name!r}: keys may not be empty or hold backticks")
-    return f"`{name}`"
-
-
-def search_filter(*, tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
-                  parent_run_id: str = "", run_name: str = "", finished_only: bool = False) -> str:
-    """An MLflow filter string matching runs that have all of the given tags, params and attributes.
-
-    Args:
-        tags: Tag values the runs must carry.
-        params: Parameter values the runs must have (compared as strings).
-        parent_run_id: When set, only children of this run.
-        run_name: When set, only runs of this name.
-        finished_only: Only runs whose status is FINISHED.
-
-    Returns:
-        The clauses joined with `and` ("" for no condition); every value is quoted safely.
-    """
-    clauses = [f"tags.{_key(key)} = {_quote(value)}" for key, value in (tags or {}).items()]
-    clauses += [f"params.{_key(key)} = {_quote(value)}" for key, value in (params or {}).items()]
-    if parent_run_id:
-        clauses.append(f"tags.`mlflow.parentRunId` = {_quote(parent_run_id)}")
-    if run_name:
-        clauses.append(f"attributes.run_name = {_quote(run_name)}")
-    if finished_only:
-        clauses.append("attributes.status = 'FINISHED'")
-    return " and ".join(clauses)
-
-
-def find_runs(experiment: str, *, run_ids: Sequence[str] = (), parent_run_id: str = "",
-              tags: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None,
-              finished_only: bool = False, max_runs: int = 20) -> pd.DataFrame:
-    """Training runs of `experiment`, newest first, one row per run as `mlflow.search_runs` returns them.
-
-    Args:
-        experiment: The experiment's name (none of that name: no runs).
-        run_ids: Picks runs explicitly, in this order; the other filters are then ignored.
-        parent_run_id: Only children of this pipeline run.
-        tags: Tags the runs must carry besides `notebook=03_train`.
-        params: Parameters the runs must have.
-        finished_only: Only finished runs.
-        max_runs: At most this many runs.
-
-    Returns:
-        Columns `run_id`, `status`, `params.*`, `metrics.*`, `tags.*` and the other run attributes.
-    """
-    if run_ids:
-        bad = [run_id for run_id in run_ids if not _RUN_ID.match(str(run_id))]
-        if bad:
-            raise ConfigError(f"{bad} are not MLflow run ids")
-        runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas",
-                                  filter_string=f"attributes.run_id IN ({', '.join(map(_quote, run_ids))})")
-        missing = sorted(set(run_ids) - set(runs["run_id"])) if not runs.empty else sorted(run_ids)
-        if missing:
-            raise ConfigError(f"runs {missing} are not in experiment {experiment!r}")
-        return runs.set_index("run_id").loc[list(run_ids)].reset_index()
-    return mlflow.search_runs(
-        experiment_names=[experiment], output_format="pandas", max_results=max_runs,
-        filter_string=search_filter(tags={"notebook": TRAIN_NOTEBOOK, **(tags or {})}, params=params,
-                                    parent_run_id=parent_run_id, finished_only=finished_only),
-        order_by=["attributes.start_time DESC"])
-
-
-def training_run_of(parent_run_id: str, experiment: str) -> str:
-    """The 03_train run created under pipeline run `parent_run_id` ("" when the pipeline did not get there)."""
-    runs = find_runs(experiment, parent_run_id=parent_run_id, max_runs=1)
-    return str(runs["run_id"].iloc[0]) if not runs.empty else ""
-
-
-def resolve_training_run(experiment: str, parent_run_id: str = "", run_id: str = "") -> str:
-    """The training run to use: `run_id` when given, else the 03_train run under `parent_run_id`,
-    else the experiment's latest finished 03_train run."""
-    if run_id:
-        return run_id
-    found = training_run_of(parent_run_id, experiment) if parent_run_id else ""
-    if not found:
-        runs = find_runs(experiment, tags={"has_model": "true"}, finished_only=True, max_runs=1)
-        found = str(runs["run_id"].iloc[0]) if not runs.empty else ""
-    if not found:
-        raise ConfigError(f"experiment {experiment!r} has no finished {TRAIN_NOTEBOOK} run with a model; "
-                          f"run {TRAIN_NOTEBOOK} first or pass model_run_id")
-    return found
-
-
-def run_params(run_id: str) -> dict[str, str]:
-    """The parameters run `run_id` logged."""
-    return dict(MlflowClient().get_run(run_id).data.params)
-
-
-def metric_history(run_ids: Sequence[str], key: str, names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Long table (run, step, value) of metric `key` over steps for each run; runs without it are skipped."""
-    client = MlflowClient()
-    rows = []
-    for run_id, name in zip(run_ids, names if names is not None else run_ids):
-        for point in client.get_metric_history(run_id, key):
-            rows.append({"run": name, "step": point.step, "value": point.value})
-    return pd.DataFrame(rows, columns=["run", "step", "value"])
-
-
-def load_csv_artifact(run_id: str, artifact: str) -> pd.DataFrame:
-    """The CSV file `artifact` of run `run_id`, read with empty cells kept as empty strings."""
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=scratch)
-        except Exception as error:  # MLflow raises several types for a missing run or artifact
-            raise DataError(f"run {run_id} has no artifact {artifact} ({type(error).__name__})") from error
-        return pd.read_csv(Path(local), keep_default_na=False)
-
-
-# --- models ---------------------------------------------------------------------------------------
-def log_model(model: Any, labels: Sequence[str]) -> str:
-    """Log a Keras model to the active run at `model` (Keras 3 flavour, pyfunc-loadable); return its URI.
-
-    Its signature is the model's input, (N, size, size, 1) float32 pixels, and the class probabilities.
-    """
-    import keras
-    import numpy as np
-    import tensorflow as tf
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    input_size = int(model.input_shape[1])
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, input_size, input_size, 1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)))]),
-    )
-    mlflow.set_tag("has_model", "true")  # what run lookups require: a run interrupted before this has no model
-    info = mlflow.keras.log_model(
-        model, name=MODEL_ARTIFACT, signature=signature,
-        metadata={"labels": list(labels), "input_size": input_size},
-        # Pinned here: inferring requirements would load the model again in a subprocess.
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
-    )
-    return info.model_uri
-
-
-def load_model(uri: str, failure: str = "") -> tuple[Any, dict[str, Any]]:
-    """A Keras model from any MLflow model URI (`runs:/`, `models:/`, a folder) and its metadata."""
-    try:
-        info = mlflow.models.get_model_info(uri)
-        model = mlflow.keras.load_model(uri)
-    except Exception as error:  # MLflow raises several types for a missing run, model or registry entry
-        raise ConfigError(f"{failure or f'cannot load model {uri!r}'}: {one_line(error)[:300]}") from error
-    return model, dict(info.metadata or {})
-
-
-def load_run_model(run_id: str, tracking_uri: str = "") -> tuple[Any, list[str]]:
-    """The model a 03_train run logged, with its class labels in output order."""
-    if tracking_uri:
-        configure(tracking_uri)
-    uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
-    model, metadata = load_model(uri, f"run {run_id} has no loadable model at {MODEL_ARTIFACT}")
-    labels = metadata.get("labels")
-    if not labels:
-        raise ConfigError(f"model of run {run_id} carries no labels in its metadata")
-    return model, list(labels)
