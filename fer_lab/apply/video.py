@@ -29,7 +29,7 @@ from fer_lab._shared import one_line
 from fer_lab.apply import inference
 from fer_lab.apply.annotate import draw_boxes
 from fer_lab.apply.timeline import face_rows, face_summary, peaks, timeline_figure
-from fer_lab.apply.video_io import FrameWriter, VideoReader, is_video, preview_frames
+from fer_lab.apply.video_io import FrameWriter, is_video, open_frames, preview_frames
 from fer_lab.data import imaging
 from fer_lab.errors import ConfigError, DataError
 from fer_lab.faces.detector import BOX_COLUMNS, DetectorConfig, FaceDetector
@@ -172,6 +172,7 @@ def analyze_video(
     batch_frames: int = 16,
     max_seconds: float | None = None,
     progress: bool = False,
+    frame_rate: float = 10.0,
 ) -> VideoAnalysis:
     """Sample `path` at `sample_fps`, find, track and classify faces; optionally write an annotated video.
 
@@ -179,7 +180,7 @@ def analyze_video(
     rows up to there are kept.
 
     Args:
-        path: The video file.
+        path: The video file, or a folder of images read as one (`video_io.ImageSequence`).
         predictor: Detector, framing and model.
         sample_fps: Frames analysed per second of video (at most the video's rate).
         detect_every: Detect on every Nth sampled frame; in between, faces keep their last box.
@@ -188,6 +189,7 @@ def analyze_video(
         batch_frames: Sampled frames whose faces go through the model in one call.
         max_seconds: Analyse at most this much of the video.
         progress: Show a progress bar.
+        frame_rate: Frames per second of a folder of images (videos carry their own).
 
     Returns:
         The per-frame table and what was measured.
@@ -204,8 +206,8 @@ def analyze_video(
         raise ConfigError(f"detect_every must be at least 1, not {detect_every}")
     path = Path(path)
     tracker = tracker or FaceTracker()
-    reader = VideoReader(path)
-    warnings = list(reader.warnings)
+    reader = open_frames(path, frame_rate)
+    warnings: list[str] = []
     sample_fps = min(sample_fps, reader.fps)
     limit = reader.frame_count  # 0 when the container does not say
     if max_seconds is not None:
@@ -249,6 +251,7 @@ def analyze_video(
     finally:
         bar.close()
         reader.release()
+    warnings = [*reader.warnings, *warnings]
     rows.extend(_classify(pending, predictor, writer))
     if writer is not None:
         writer.release()
