@@ -67,7 +67,7 @@ def _predict(args: argparse.Namespace) -> int:
     framing = inference.Framing(args.crop_scale or fer2013.scale, fer2013.lift if args.crop_lift is None else args.crop_lift)
     result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
                                 threshold=args.threshold, framing=framing, sample_fps=args.fps,
-                                detect_every=args.detect_every, progress=True)
+                                detect_every=args.detect_every, progress=True, detector=args.detector)
     print(video.result_text(result))
     if args.out:
         print(f"written to {args.out}")
@@ -91,7 +91,10 @@ def _study(args: argparse.Namespace) -> int:
     reference = args.model or inference.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)
     the_study = study.load_study(args.study, args.events)
     out = Path(args.out)
-    settings = study.AnalysisSettings(sample_fps=args.fps, detect_every=args.detect_every, frame_rate=args.frame_rate)
+    fer2013 = inference.Framing()
+    settings = study.AnalysisSettings(sample_fps=args.fps, detect_every=args.detect_every, frame_rate=args.frame_rate,
+                                      detector=args.detector, framing_scale=args.crop_scale or fer2013.scale,
+                                      framing_lift=fer2013.lift if args.crop_lift is None else args.crop_lift)
     result = study.analyze_study(the_study, reference, tracking_uri=args.tracking_uri, settings=settings,
                                  cache_dir=Path(args.cache) if args.cache else out / "cache", workers=args.workers,
                                  progress=True)
@@ -191,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-side", type=int, default=None,
                          help="longer side of the image the face detector sees (default 1024 images, 640 video)")
     predict.add_argument("--threshold", type=float, default=0.0, help="face detector score threshold (default 0)")
+    predict.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="hog",
+                         help="face detector: dlib HOG (frontal faces of 80 px and more), MediaPipe (smaller and "
+                              "turned faces, eyes levelled before the crop) or dlib's CNN (slow) (default hog)")
     predict.add_argument("--crop-scale", type=float, default=None,
                          help="crop side / detected face box side, as the training images frame faces "
                               "(default: FER2013's; 06_apply prints the value measured on its dataset)")
@@ -213,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     study_.add_argument("--frame-rate", type=float, default=10.0,
                         help="frames per second of recordings that are folders of images (default 10)")
     study_.add_argument("--detect-every", type=int, default=2, help="detect faces on every Nth analysed frame")
+    study_.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="hog",
+                        help="face detector (see fer-lab predict --help; default hog)")
+    study_.add_argument("--crop-scale", type=float, default=None,
+                        help="crop side / face box side as the training images frame faces (see fer-lab predict)")
+    study_.add_argument("--crop-lift", type=float, default=None, help="crop centre above the box centre, in box sides")
     study_.add_argument("--workers", type=int, default=0, help="processes (default 0: one per core)")
     study_.add_argument("--method", choices=("auto", "wilcoxon", "mixed"), default="auto",
                         help="paired Wilcoxon tests or a mixed model (default auto: Wilcoxon when every "

@@ -37,7 +37,7 @@ from fer_lab._shared import (
 from fer_lab.apply import inference, video
 from fer_lab.apply.video_io import is_video
 from fer_lab.errors import DataError, FerLabError
-from fer_lab.faces.detector import DetectorConfig, FaceDetector
+from fer_lab.faces.detector import DetectorConfig, FaceDetector, Model
 
 STUDY_COLUMNS = ("path", "participant", "condition")
 EVENT_COLUMNS = ("name", "start", "end")
@@ -166,6 +166,7 @@ class AnalysisSettings:
     threshold: float = 0.0
     framing_scale: float = inference.FER2013_SCALE
     framing_lift: float = inference.FER2013_LIFT
+    detector: Model = "hog"
 
     def key(self, model_fingerprint: str) -> str:
         """The settings and the model as one string."""
@@ -297,7 +298,8 @@ def _analyze_one(path: str, job: _Job, loaded: inference.LoadedModel | None = No
                 _WORKER_MODELS[key] = inference.load_model(job.reference, job.tracking_uri)
             loaded = _WORKER_MODELS[key]
         settings = job.settings
-        detector = FaceDetector(DetectorConfig(max_side=settings.max_side, threshold=settings.threshold))
+        detector = FaceDetector(DetectorConfig(max_side=settings.max_side, threshold=settings.threshold,
+                                               model=settings.detector))
         framing = inference.Framing(settings.framing_scale, settings.framing_lift)
         predictor = inference.Predictor(loaded, detector, framing=framing)
         analysis = video.analyze_video(path, predictor, sample_fps=settings.sample_fps,

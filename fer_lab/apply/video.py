@@ -32,7 +32,7 @@ from fer_lab.apply.timeline import face_rows, face_summary, peaks, timeline_figu
 from fer_lab.apply.video_io import FrameWriter, is_video, open_frames, preview_frames
 from fer_lab.data import imaging
 from fer_lab.errors import ConfigError, DataError
-from fer_lab.faces.detector import BOX_COLUMNS, DetectorConfig, FaceDetector
+from fer_lab.faces.detector import BOX_COLUMNS, DetectorConfig, FaceDetector, Model
 
 FRAME_COLUMNS = ("time", "frame", "face_id", *BOX_COLUMNS, "detected", "score", "label", "confidence")
 
@@ -217,6 +217,7 @@ def analyze_video(
     rows: list[pd.DataFrame] = []
     pending: list[_Sampled] = []
     sampled = 0
+    last_eyes: dict[int, np.ndarray] = {}
     frame_shape = (0, 0)
     read_to_end = False
     predictor.warm_up()
@@ -229,14 +230,16 @@ def analyze_video(
             frame_shape = gray.shape
             time_s = frame_index / reader.fps
             if sampled % detect_every == 0:
-                boxes, scores = predictor.detector(gray)
+                boxes, scores, eyes = predictor.detector.detect(gray)
                 ids = tracker.update(time_s, boxes)
+                last_eyes = dict(zip(ids, eyes))  # a carried box keeps its eyes: crops stay aligned alike
                 detected = True
             else:
                 ids, boxes = tracker.visible()
+                eyes = np.array([last_eyes.get(face_id, np.full((2, 2), np.nan)) for face_id in ids]).reshape(-1, 2, 2)
                 scores, detected = np.full(len(ids), np.nan), False
             pending.append(_Sampled(time_s, frame_index, ids, boxes, scores, detected,
-                                    predictor.inputs(gray, boxes), rgb if writer else None))
+                                    predictor.inputs(gray, boxes, eyes), rgb if writer else None))
             sampled += 1
             if len(pending) >= batch_frames:
                 rows.extend(_classify(pending, predictor, writer))
@@ -366,6 +369,7 @@ def analyze_path(
     detect_every: int = 2,
     smooth_seconds: float = 1.0,
     progress: bool = False,
+    detector: Model = "hog",
 ) -> inference.ImagePredictions | VideoAnalysis:
     """Apply a model to an image, a folder of images or a video; with `out_dir`, write tables and annotated copies.
 
@@ -385,13 +389,14 @@ def analyze_path(
         detect_every: Detect on every Nth sampled video frame.
         smooth_seconds: Moving-average window of the written timeline.
         progress: Show progress bars.
+        detector: The face detector model (`fer_lab.faces.detector.MODELS`).
 
     Returns:
         The photos' predictions, or the video's analysis.
     """
     path = Path(path)
     if is_video(path):
-        config = DetectorConfig(max_side=max_side or VIDEO_MAX_SIDE, threshold=threshold)
+        config = DetectorConfig(max_side=max_side or VIDEO_MAX_SIDE, threshold=threshold, model=detector)
         predictor = inference.Predictor(loaded, FaceDetector(config), framing=framing)
         annotated = Path(out_dir) / f"{path.stem}_annotated.mp4" if out_dir is not None else None
         analysis = analyze_video(path, predictor, sample_fps=sample_fps, detect_every=detect_every,
@@ -400,7 +405,7 @@ def analyze_path(
             analysis.save(out_dir)
             analysis.timeline(smooth_seconds).savefig(Path(out_dir) / f"{path.stem}_timeline.png", dpi=100)
         return analysis
-    config = DetectorConfig(max_side=max_side or IMAGE_MAX_SIDE, threshold=threshold)
+    config = DetectorConfig(max_side=max_side or IMAGE_MAX_SIDE, threshold=threshold, model=detector)
     predictor = inference.Predictor(loaded, FaceDetector(config), framing=framing)
     result = predictor.predict_files(inference.image_files(path), progress=progress)
     if out_dir is not None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 
 @pytest.fixture(scope="session")
-def expression_model(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(tracking_uri, run_id) of a 03_train-like run whose model is a ridge classifier on the sample's faces.
+def expression_model(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Any]:
+    """(tracking_uri, run_id, framing) of a 03_train-like run whose model is a ridge classifier on the sample's
+    faces, and the sample's framing (`inference.measure_framing`), which its crops need.
 
     A Keras model (2x2 average pooling, per-image standardisation, one softmax layer) whose weights
     are solved in closed form: no training loop, so it costs seconds even on a busy CPU, and it reads
@@ -19,6 +21,7 @@ def expression_model(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     import keras
 
     from fer_lab import data, tracking
+    from fer_lab.apply import inference
 
     manifest = data.build_manifest(sample_dir)
     train = manifest[(manifest["split"] == "train") & manifest["readable"].astype(bool)
@@ -37,4 +40,5 @@ def expression_model(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     uri = f"sqlite:///{tmp_path_factory.mktemp('expression_model')}/mlflow.db"
     with tracking.start_notebook_run("03_train", {}, tracking_uri=uri, experiment="study-tests") as run:
         tracking.log_model(model, data.CLASSES)
-    return uri, run.info.run_id
+    framing = inference.measure_framing(data.load_pixels(sample_dir, train), max_images=60)
+    return uri, run.info.run_id, framing
