@@ -194,9 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-side", type=int, default=None,
                          help="longer side of the image the face detector sees (default 1024 images, 640 video)")
     predict.add_argument("--threshold", type=float, default=0.0, help="face detector score threshold (default 0)")
-    predict.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="hog",
+    predict.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="mediapipe",
                          help="face detector: dlib HOG (frontal faces of 80 px and more), MediaPipe (smaller and "
-                              "turned faces, eyes levelled before the crop) or dlib's CNN (slow) (default hog)")
+                              "turned faces, eyes levelled before the crop; the default) or dlib's CNN (slow)")
     predict.add_argument("--crop-scale", type=float, default=None,
                          help="crop side / detected face box side, as the training images frame faces "
                               "(default: FER2013's; 06_apply prints the value measured on its dataset)")
@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     study_.add_argument("--frame-rate", type=float, default=10.0,
                         help="frames per second of recordings that are folders of images (default 10)")
     study_.add_argument("--detect-every", type=int, default=2, help="detect faces on every Nth analysed frame")
-    study_.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="hog",
-                        help="face detector (see fer-lab predict --help; default hog)")
+    study_.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="mediapipe",
+                        help="face detector (see fer-lab predict --help; default mediapipe)")
     study_.add_argument("--crop-scale", type=float, default=None,
                         help="crop side / face box side as the training images frame faces (see fer-lab predict)")
     study_.add_argument("--crop-lift", type=float, default=None, help="crop centre above the box centre, in box sides")

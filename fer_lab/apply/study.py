@@ -74,6 +74,8 @@ def read_study(study_csv: str | os.PathLike[str], events_csv: str | os.PathLike[
     study_csv = Path(study_csv)
     table = read_csv(study_csv, dtype=str, keep_default_na=False)
     require_columns(table, STUDY_COLUMNS, str(study_csv))
+    if table.empty:
+        raise DataError(f"{study_csv}: no recordings listed")
     for column in table.columns:
         empty = table.index[table[column].str.strip() == ""]
         if len(empty):
@@ -166,7 +168,7 @@ class AnalysisSettings:
     threshold: float = 0.0
     framing_scale: float = inference.FER2013_SCALE
     framing_lift: float = inference.FER2013_LIFT
-    detector: Model = "hog"
+    detector: Model = "mediapipe"
 
     def key(self, model_fingerprint: str) -> str:
         """The settings and the model as one string."""
@@ -244,17 +246,18 @@ def analyze_study(study: Study, reference: str, *, tracking_uri: str = "",
     loaded = inference.load_model(reference, tracking_uri)
     job = _Job(reference, tracking_uri, settings, settings.key(model_fingerprint(loaded)), Path(cache_dir), progress)
     rows: list[dict[str, Any]] = []
-    todo: list[str] = []
+    todo: list[tuple[str, Path]] = []
     cached: dict[str, pd.DataFrame] = {}
     notices: list[str] = []
     for path in study.recordings["path"]:
         if not Path(path).exists():
             rows.append({"path": path, "status": "missing", "reason": f"{path}: no such file or folder"})
             continue
-        table, notice = _read_cached(_cache_file(job, Path(path)), job.settings_key)
+        cache_file = _cache_file(job, Path(path))
+        table, notice = _read_cached(cache_file, job.settings_key)
         notices += [notice] if notice else []
         if table is None:
-            todo.append(path)
+            todo.append((path, cache_file))
         else:
             cached[path] = table
             rows.append({"path": path, "status": "cached", "reason": ""})
@@ -262,13 +265,13 @@ def analyze_study(study: Study, reference: str, *, tracking_uri: str = "",
     if workers > 1:
         outcomes = map_in_processes(_analyze_one, todo, workers, job, progress="study" if progress else "")
     else:
-        outcomes = [_analyze_one(path, job, loaded) for path in tqdm(todo, desc="study", disable=not progress)]
+        outcomes = [_analyze_one(item, job, loaded) for item in tqdm(todo, desc="study", disable=not progress)]
     frames = dict(cached)
-    for path, outcome in zip(todo, outcomes):
+    for (path, cache_file), outcome in zip(todo, outcomes):
         rows.append({"path": path, **{key: value for key, value in outcome.items() if key != "warnings"}})
         notices += outcome.get("warnings", [])
         if outcome["status"] == "analysed":
-            table, notice = _read_cached(_cache_file(job, Path(path)), job.settings_key)
+            table, notice = _read_cached(cache_file, job.settings_key)
             if table is None:
                 rows[-1].update(status="failed", reason=notice or f"{path}: the analysis left no table")
             else:
@@ -286,10 +289,14 @@ def _cache_file(job: _Job, path: Path) -> Path:
 _WORKER_MODELS: dict[tuple[str, str], inference.LoadedModel] = {}
 
 
-def _analyze_one(path: str, job: _Job, loaded: inference.LoadedModel | None = None) -> dict[str, Any]:
-    """Analyse one recording into the cache; its status, seconds, reason and warnings (never raises FerLabError)."""
+def _analyze_one(item: tuple[str, Path], job: _Job, loaded: inference.LoadedModel | None = None) -> dict[str, Any]:
+    """Analyse one recording (path, cache file) into the cache; its status, seconds, reason and warnings.
+
+    Never raises FerLabError: a recording that fails is reported, and the study goes on.
+    """
     import time
 
+    path, cache_file = item
     started = time.perf_counter()
     try:
         if loaded is None:
@@ -305,7 +312,7 @@ def _analyze_one(path: str, job: _Job, loaded: inference.LoadedModel | None = No
         analysis = video.analyze_video(path, predictor, sample_fps=settings.sample_fps,
                                        detect_every=settings.detect_every, frame_rate=settings.frame_rate,
                                        progress=job.progress)
-        _write_cached(_cache_file(job, Path(path)), analysis.frames, job.settings_key)
+        _write_cached(cache_file, analysis.frames, job.settings_key)
     except FerLabError as error:
         return {"status": "failed", "seconds": time.perf_counter() - started, "reason": one_line(error)}
     return {"status": "analysed", "seconds": time.perf_counter() - started, "reason": "",

@@ -369,7 +369,7 @@ def analyze_path(
     detect_every: int = 2,
     smooth_seconds: float = 1.0,
     progress: bool = False,
-    detector: Model = "hog",
+    detector: Model = "mediapipe",
 ) -> inference.ImagePredictions | VideoAnalysis:
     """Apply a model to an image, a folder of images or a video; with `out_dir`, write tables and annotated copies.
 
