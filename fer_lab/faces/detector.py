@@ -24,7 +24,9 @@ detections from MEDIAPIPE_MIN_SCORE up). MediaPipe also gives each face's eye ce
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import math
 import warnings
 from dataclasses import dataclass
@@ -170,7 +172,10 @@ def _mediapipe_detector() -> object:
 
     os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
     try:
-        from mediapipe.python.solutions import face_detection
+        # On import MediaPipe's bindings print an AttributeError (protobuf >= 5 dropped MessageFactory.GetPrototype);
+        # face detection works all the same (tests/faces/test_detector.py), so the line would only mislead.
+        with contextlib.redirect_stderr(io.StringIO()):
+            from mediapipe.python.solutions import face_detection
     except ImportError as error:
         raise ConfigError("detector 'mediapipe' needs the mediapipe package: pip install --no-deps mediapipe==0.10.21 "
                           f"(its pinned dependencies conflict with TensorFlow's; the ones it needs are installed) "
