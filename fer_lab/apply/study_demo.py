@@ -25,7 +25,7 @@ from fer_lab.apply.video_io import FrameWriter
 from fer_lab.data import imaging
 from fer_lab.data.synthetic_faces import render_face
 from fer_lab.errors import ConfigError, DataError
-from fer_lab.faces.detector import FaceDetector
+from fer_lab.faces.detector import DetectorConfig, FaceDetector
 
 DEFAULT_RESPONSES = {"A": "happy", "B": "sad"}
 REVEAL = (1.0, 2.0)  # seconds: the reveal event, surprise in every condition
@@ -42,7 +42,7 @@ class GeneratedStudy:
 
 def make_study(out_dir: str | os.PathLike[str], *, participants: int = 10,
                responses: Mapping[str, str] | None = None, seconds: float = 4.0, fps: float = 10.0,
-               face_px: int = 150, seed: int = 0, detector: FaceDetector | None = None) -> GeneratedStudy:
+               face_px: int = 150, seed: int = 0, checked: bool = True) -> GeneratedStudy:
     """Write one video per participant and condition, `study.csv`, `events.csv` and `truth.csv`.
 
     Args:
@@ -53,7 +53,7 @@ def make_study(out_dir: str | os.PathLike[str], *, participants: int = 10,
         fps: Frame rate of the videos.
         face_px: Side of a face in the 400x300 frames.
         seed: Chooses faces, timings, covariates and backdrops.
-        detector: When given, only faces it finds are used.
+        checked: Use only faces dlib's HOG detector finds (the stricter of fer_lab's detectors).
 
     Returns:
         The study's files and truth.
@@ -65,6 +65,7 @@ def make_study(out_dir: str | os.PathLike[str], *, participants: int = 10,
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     labels = sorted({"neutral", "surprise", *responses.values()})
+    detector = FaceDetector(DetectorConfig(model="hog")) if checked else None
     pool = {label: _faces(label, rng, face_px, detector) for label in labels}
     recordings, truth = [], []
     for number in range(1, participants + 1):
