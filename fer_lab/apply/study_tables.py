@@ -18,7 +18,8 @@ means and t-intervals treat participants, never frames, as the unit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,14 @@ def segments(study: Study, path: str, condition: str) -> list[tuple[str, float, 
     return [(WHOLE, 0.0, np.inf), *((row.name, row.start, row.end) for row in mine.itertuples(index=False))]
 
 
+def _main_faces(result: StudyResult) -> Iterator[tuple[Any, pd.DataFrame]]:
+    """(recording row, `main_face` table) of each analysed recording, in study order."""
+    for recording in result.study.recordings.itertuples(index=False):
+        frames = result.frames.get(recording.path)
+        if frames is not None:
+            yield recording, main_face(frames)
+
+
 def measure_columns(labels: Sequence[str]) -> list[str]:
     """The measures `participant_table` computes, in order."""
     return ["visible", "face_time_s", *(f"share_{label}" for label in labels),
@@ -71,11 +80,7 @@ def participant_table(result: StudyResult, smooth_seconds: float = 1.0) -> pd.Da
     labels = result.labels
     probs = inference.probability_columns(labels)
     rows = []
-    for recording in result.study.recordings.itertuples(index=False):
-        frames = result.frames.get(recording.path)
-        if frames is None:
-            continue
-        main = main_face(frames)
+    for recording, main in _main_faces(result):
         has_face = main["face_id"].notna()
         main["valence"] = valence(main, labels).where(has_face)
         smoothed = smooth(main[has_face], labels, smooth_seconds) if has_face.any() else main[has_face]
@@ -164,14 +169,10 @@ def condition_timelines(result: StudyResult, align: str = "", step: float = 0.5,
     labels = result.labels
     probs = inference.probability_columns(labels)
     rows = []
-    for recording in result.study.recordings.itertuples(index=False):
-        frames = result.frames.get(recording.path)
-        if frames is None:
-            continue
+    for recording, main in _main_faces(result):
         starts = {name: start for name, start, _ in segments(result.study, recording.path, recording.condition)}
         if align and align not in starts:
             continue
-        main = main_face(frames)
         faces = smooth(main[main["face_id"].notna()], labels, smooth_seconds)
         if faces.empty:
             continue
