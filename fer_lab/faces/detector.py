@@ -28,6 +28,7 @@ import contextlib
 import importlib
 import io
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -174,8 +175,13 @@ def _mediapipe_detector() -> object:
     try:
         # On import MediaPipe's bindings print an AttributeError (protobuf >= 5 dropped MessageFactory.GetPrototype);
         # face detection works all the same (tests/faces/test_detector.py), so the line would only mislead.
-        with contextlib.redirect_stderr(io.StringIO()):
-            from mediapipe.python.solutions import face_detection
+        # It goes through sys.excepthook (a Jupyter kernel's shows it as a cell error), hence Python's own hook.
+        hook, sys.excepthook = sys.excepthook, sys.__excepthook__
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                from mediapipe.python.solutions import face_detection
+        finally:
+            sys.excepthook = hook
     except ImportError as error:
         raise ConfigError("detector 'mediapipe' needs the mediapipe package: pip install --no-deps mediapipe==0.10.21 "
                           f"(its pinned dependencies conflict with TensorFlow's; the ones it needs are installed) "
