@@ -20,12 +20,15 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e ".[dev]"
 	# face-recognition's metadata asks for `dlib` (a long source build); dlib-bin above provides it prebuilt.
 	$(BIN)/python -m pip install --quiet --no-deps "face-recognition==1.3.0"
+	# MediaPipe (the `mediapipe` face detector, its model inside the wheel) pins numpy<2 and protobuf<5, which
+	# TensorFlow 2.21 cannot share; it runs with the versions installed above, so it comes without its pins.
+	$(BIN)/python -m pip install --quiet --no-deps "mediapipe==0.10.21"
 	$(BIN)/python -m ipykernel install --sys-prefix --name fer-lab --display-name "fer-lab (Python 3.11)" >/dev/null
 	touch $(STAMP)
 
 lock: setup  ## rewrite requirements.lock from the installed environment (after changing pyproject.toml)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	{ sed -n '1,3p' requirements.lock; $(BIN)/python -m pip freeze --all --exclude-editable | grep -viE '^(face.recognition|fer-lab|pip)=='; } > requirements.lock.new
+	{ sed -n '1,3p' requirements.lock; $(BIN)/python -m pip freeze --all --exclude-editable | grep -viE '^(face.recognition|fer-lab|mediapipe|pip)=='; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 demo: setup  ## the whole notebook pipeline on the embedded sample, or DATA=path on a real dataset

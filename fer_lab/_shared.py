@@ -58,11 +58,18 @@ def start_method() -> str:
     return "spawn"
 
 
-def map_in_processes(function: Callable[..., Any], batches: Sequence[Any], workers: int, *args: Any) -> list[Any]:
-    """`function(batch, *args)` for every batch, in order, in `workers` processes started the safe way."""
+def map_in_processes(function: Callable[..., Any], batches: Sequence[Any], workers: int, *args: Any,
+                     progress: str = "") -> list[Any]:
+    """`function(batch, *args)` for every batch, in order, in `workers` processes started the safe way.
+
+    With `progress`, a progress bar of that name counts finished batches.
+    """
+    from tqdm.auto import tqdm
+
     context = multiprocessing.get_context(start_method())
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(function, batches, *[[arg] * len(batches) for arg in args]))
+        results = pool.map(function, batches, *[[arg] * len(batches) for arg in args])
+        return list(tqdm(results, total=len(batches), desc=progress, disable=not progress))
 
 
 def read_csv(csv_file: Path, **kwargs: Any) -> pd.DataFrame:

@@ -67,7 +67,7 @@ def _predict(args: argparse.Namespace) -> int:
     framing = inference.Framing(args.crop_scale or fer2013.scale, fer2013.lift if args.crop_lift is None else args.crop_lift)
     result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
                                 threshold=args.threshold, framing=framing, sample_fps=args.fps,
-                                detect_every=args.detect_every, progress=True)
+                                detect_every=args.detect_every, progress=True, detector=args.detector)
     print(video.result_text(result))
     if args.out:
         print(f"written to {args.out}")
@@ -76,6 +76,45 @@ def _predict(args: argparse.Namespace) -> int:
     if isinstance(result, inference.ImagePredictions) and not (result.table["error"] == "").any():
         print(f"error: none of the images under {args.path} could be read", file=sys.stderr)
         return 2
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pathlib import Path
+
+    from fer_lab.apply import inference, study, study_report
+
+    reference = args.model or inference.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)
+    the_study = study.load_study(args.study, args.events)
+    out = Path(args.out)
+    fer2013 = inference.Framing()
+    settings = study.AnalysisSettings(sample_fps=args.fps, detect_every=args.detect_every, frame_rate=args.frame_rate,
+                                      detector=args.detector, framing_scale=args.crop_scale or fer2013.scale,
+                                      framing_lift=fer2013.lift if args.crop_lift is None else args.crop_lift)
+    result = study.analyze_study(the_study, reference, tracking_uri=args.tracking_uri, settings=settings,
+                                 cache_dir=Path(args.cache) if args.cache else out / "cache", workers=args.workers,
+                                 progress=True)
+    counts = result.status["status"].value_counts()
+    print(f"model: {reference}; recordings: " + ", ".join(f"{count} {name}" for name, count in counts.items()))
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    for reason in result.problems["reason"]:
+        print(f"warning: left out: {reason}", file=sys.stderr)
+    if not result.frames:
+        print("error: no recording of the study could be analysed", file=sys.stderr)
+        return 2
+    summary = study_report.summarize(result, method=args.method, correction=args.correction,
+                                     reference=args.reference, align=args.align)
+    summary.save(out)
+    summary.timelines_figure().savefig(out / "timelines.png", dpi=100)
+    summary.profile_figure().savefig(out / "profile.png", dpi=100)
+    print(summary.effects.drop(columns=["reference", "effect_size"]).round(3).to_string(index=False))
+    print(summary.text)
+    print(f"written to {out}")
     return 0
 
 
@@ -155,12 +194,45 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-side", type=int, default=None,
                          help="longer side of the image the face detector sees (default 1024 images, 640 video)")
     predict.add_argument("--threshold", type=float, default=0.0, help="face detector score threshold (default 0)")
+    predict.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="mediapipe",
+                         help="face detector: dlib HOG (frontal faces of 80 px and more), MediaPipe (smaller and "
+                              "turned faces, eyes levelled before the crop; the default) or dlib's CNN (slow)")
     predict.add_argument("--crop-scale", type=float, default=None,
                          help="crop side / detected face box side, as the training images frame faces "
                               "(default: FER2013's; 06_apply prints the value measured on its dataset)")
     predict.add_argument("--crop-lift", type=float, default=None,
                          help="crop centre above the box centre, in box sides (default: FER2013's)")
     predict.set_defaults(handler=_predict)
+
+    study_ = commands.add_parser("study", help="a study: many recordings, participants and conditions, "
+                                               "aggregated and tested (participants as the unit)")
+    study_.add_argument("study", help="study CSV (path, participant, condition, covariates...) or a folder of "
+                                      "recordings (one participant per video or image folder)")
+    study_.add_argument("--events", help="events CSV: path or condition, name, start, end (seconds)")
+    study_.add_argument("--model", default="",
+                        help="MLflow run id or model URI; default: the latest finished 03_train run")
+    study_.add_argument("--out", default="study-results", help="output folder (default study-results)")
+    study_.add_argument("--cache", help="analysis cache folder (default: OUT/cache)")
+    study_.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    study_.add_argument("--experiment", default="fer-lab", help="experiment searched for the default model")
+    study_.add_argument("--fps", type=float, default=10.0, help="video frames analysed per second (default 10)")
+    study_.add_argument("--frame-rate", type=float, default=10.0,
+                        help="frames per second of recordings that are folders of images (default 10)")
+    study_.add_argument("--detect-every", type=int, default=2, help="detect faces on every Nth analysed frame")
+    study_.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="mediapipe",
+                        help="face detector (see fer-lab predict --help; default mediapipe)")
+    study_.add_argument("--crop-scale", type=float, default=None,
+                        help="crop side / face box side as the training images frame faces (see fer-lab predict)")
+    study_.add_argument("--crop-lift", type=float, default=None, help="crop centre above the box centre, in box sides")
+    study_.add_argument("--workers", type=int, default=0, help="processes (default 0: one per core)")
+    study_.add_argument("--method", choices=("auto", "wilcoxon", "mixed"), default="auto",
+                        help="paired Wilcoxon tests or a mixed model (default auto: Wilcoxon when every "
+                             "participant saw every condition)")
+    study_.add_argument("--correction", choices=("holm", "fdr_bh", "bonferroni"), default="holm",
+                        help="multiple-comparison correction across expressions (default holm)")
+    study_.add_argument("--reference", default="", help="baseline condition (default: first in sorted order)")
+    study_.add_argument("--align", default="", help="event the timelines are aligned on (default: recording start)")
+    study_.set_defaults(handler=_study)
 
     manifest = commands.add_parser("manifest", help="list a dataset (fer2013.csv, image folders) as a manifest CSV")
     manifest.add_argument("path", help="fer2013.csv(.gz), a folder holding one, or a folder of class/split folders")

@@ -16,7 +16,7 @@ MAX_MODULE_LINES = 450
 # Lower layers never import higher ones; packages on one layer do not import each other.
 LAYERS = {"base": 0, "data": 1, "faces": 2, "training": 2, "analysis": 3, "apply": 3, "pipeline": 4, "cli": 5}
 NOTEBOOK_STAGE = {"01": "analysis", "02": "faces", "03": "training", "04": "analysis", "05": "analysis",
-                  "06": "apply"}
+                  "06": "apply", "07": "apply"}
 
 
 def module_name(path: Path) -> str:

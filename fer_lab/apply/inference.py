@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from fer_lab import data
 from fer_lab._shared import chunks, one_line
+from fer_lab.apply.align import level_eyes
 from fer_lab.apply.annotate import annotate
 from fer_lab.data import CLASSES, IMAGE_EXTENSIONS, imaging
 from fer_lab.data.labels import probability_column
@@ -135,7 +136,7 @@ def crop_face(gray: np.ndarray, box: Sequence[float], framing: Framing = Framing
 
 
 def face_inputs(gray: np.ndarray, boxes: np.ndarray, size: int = imaging.MODEL_SIZE,
-                framing: Framing = Framing()) -> np.ndarray:
+                framing: Framing = Framing(), eyes: np.ndarray | None = None) -> np.ndarray:
     """Model inputs for the faces at `boxes`, via `imaging.to_model_input`.
 
     Args:
@@ -143,21 +144,21 @@ def face_inputs(gray: np.ndarray, boxes: np.ndarray, size: int = imaging.MODEL_S
         boxes: (K, 4) face boxes in its pixels.
         size: The model's input side.
         framing: How training images frame their faces.
+        eyes: (K, 2, 2) eye centres; faces with them are turned upright first (`align.level_eyes`).
 
-    Returns:
-        (K, size, size) uint8 pixels.
+    Returns: (K, size, size) uint8 pixels.
     """
     out = np.empty((len(boxes), size, size), dtype=np.uint8)
     for index, box in enumerate(boxes):
-        out[index] = imaging.to_model_input(crop_face(gray, box, framing), size)
+        image, box = (gray, box) if eyes is None else level_eyes(gray, box, eyes[index])
+        out[index] = imaging.to_model_input(crop_face(image, box, framing), size)
     return out
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file as 2-D uint8 grayscale (`imaging.to_gray`), upright per its EXIF orientation.
 
-    Raises DataError naming the file when it cannot be decoded or has more than `max_pixels`.
-    """
+    Raises DataError naming the file when it cannot be decoded or has more than `max_pixels`."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -276,15 +277,16 @@ class Predictor:
     detector: FaceDetector = field(default_factory=FaceDetector)
     batch_size: int = 32
     framing: Framing = field(default_factory=Framing)
+    align: bool = True  # turn faces upright (eyes level) when the detector gives eyes
 
     @property
     def labels(self) -> tuple[str, ...]:
         """The model's class names, in output order."""
         return self.loaded.labels
 
-    def inputs(self, gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """Model inputs for the faces at `boxes` in a grayscale image."""
-        return face_inputs(gray, boxes, self.loaded.input_size, self.framing)
+    def inputs(self, gray: np.ndarray, boxes: np.ndarray, eyes: np.ndarray | None = None) -> np.ndarray:
+        """Model inputs for the faces at `boxes` in a grayscale image, upright when `eyes` are given and `align` is on."""
+        return face_inputs(gray, boxes, self.loaded.input_size, self.framing, eyes if self.align else None)
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) for uint8 model inputs (N, size, size), `batch_size` at a time.
@@ -310,8 +312,8 @@ class Predictor:
 
     def predict_gray(self, gray: np.ndarray) -> pd.DataFrame:
         """One row per face found in a grayscale image (see `face_table`)."""
-        boxes, scores = self.detector(gray)
-        return face_table(boxes, scores, self.probabilities(self.inputs(gray, boxes)), self.labels)
+        boxes, scores, eyes = self.detector.detect(gray)
+        return face_table(boxes, scores, self.probabilities(self.inputs(gray, boxes, eyes)), self.labels)
 
     def predict_image(self, image: Image.Image | np.ndarray) -> pd.DataFrame:
         """One row per face in an image (PIL or array, any size, colour or grayscale)."""

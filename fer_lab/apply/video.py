@@ -29,10 +29,10 @@ from fer_lab._shared import one_line
 from fer_lab.apply import inference
 from fer_lab.apply.annotate import draw_boxes
 from fer_lab.apply.timeline import face_rows, face_summary, peaks, timeline_figure
-from fer_lab.apply.video_io import FrameWriter, VideoReader, is_video, preview_frames
+from fer_lab.apply.video_io import FrameWriter, is_video, open_frames, preview_frames
 from fer_lab.data import imaging
 from fer_lab.errors import ConfigError, DataError
-from fer_lab.faces.detector import BOX_COLUMNS, DetectorConfig, FaceDetector
+from fer_lab.faces.detector import BOX_COLUMNS, DetectorConfig, FaceDetector, Model
 
 FRAME_COLUMNS = ("time", "frame", "face_id", *BOX_COLUMNS, "detected", "score", "label", "confidence")
 
@@ -172,6 +172,7 @@ def analyze_video(
     batch_frames: int = 16,
     max_seconds: float | None = None,
     progress: bool = False,
+    frame_rate: float = 10.0,
 ) -> VideoAnalysis:
     """Sample `path` at `sample_fps`, find, track and classify faces; optionally write an annotated video.
 
@@ -179,7 +180,7 @@ def analyze_video(
     rows up to there are kept.
 
     Args:
-        path: The video file.
+        path: The video file, or a folder of images read as one (`video_io.ImageSequence`).
         predictor: Detector, framing and model.
         sample_fps: Frames analysed per second of video (at most the video's rate).
         detect_every: Detect on every Nth sampled frame; in between, faces keep their last box.
@@ -188,6 +189,7 @@ def analyze_video(
         batch_frames: Sampled frames whose faces go through the model in one call.
         max_seconds: Analyse at most this much of the video.
         progress: Show a progress bar.
+        frame_rate: Frames per second of a folder of images (videos carry their own).
 
     Returns:
         The per-frame table and what was measured.
@@ -204,8 +206,8 @@ def analyze_video(
         raise ConfigError(f"detect_every must be at least 1, not {detect_every}")
     path = Path(path)
     tracker = tracker or FaceTracker()
-    reader = VideoReader(path)
-    warnings = list(reader.warnings)
+    reader = open_frames(path, frame_rate)
+    warnings: list[str] = []
     sample_fps = min(sample_fps, reader.fps)
     limit = reader.frame_count  # 0 when the container does not say
     if max_seconds is not None:
@@ -215,6 +217,7 @@ def analyze_video(
     rows: list[pd.DataFrame] = []
     pending: list[_Sampled] = []
     sampled = 0
+    last_eyes: dict[int, np.ndarray] = {}
     frame_shape = (0, 0)
     read_to_end = False
     predictor.warm_up()
@@ -227,14 +230,16 @@ def analyze_video(
             frame_shape = gray.shape
             time_s = frame_index / reader.fps
             if sampled % detect_every == 0:
-                boxes, scores = predictor.detector(gray)
+                boxes, scores, eyes = predictor.detector.detect(gray)
                 ids = tracker.update(time_s, boxes)
+                last_eyes = dict(zip(ids, eyes))  # a carried box keeps its eyes: crops stay aligned alike
                 detected = True
             else:
                 ids, boxes = tracker.visible()
+                eyes = np.array([last_eyes.get(face_id, np.full((2, 2), np.nan)) for face_id in ids]).reshape(-1, 2, 2)
                 scores, detected = np.full(len(ids), np.nan), False
             pending.append(_Sampled(time_s, frame_index, ids, boxes, scores, detected,
-                                    predictor.inputs(gray, boxes), rgb if writer else None))
+                                    predictor.inputs(gray, boxes, eyes), rgb if writer else None))
             sampled += 1
             if len(pending) >= batch_frames:
                 rows.extend(_classify(pending, predictor, writer))
@@ -249,6 +254,7 @@ def analyze_video(
     finally:
         bar.close()
         reader.release()
+    warnings = [*reader.warnings, *warnings]
     rows.extend(_classify(pending, predictor, writer))
     if writer is not None:
         writer.release()
@@ -363,6 +369,7 @@ def analyze_path(
     detect_every: int = 2,
     smooth_seconds: float = 1.0,
     progress: bool = False,
+    detector: Model = "mediapipe",
 ) -> inference.ImagePredictions | VideoAnalysis:
     """Apply a model to an image, a folder of images or a video; with `out_dir`, write tables and annotated copies.
 
@@ -382,13 +389,14 @@ def analyze_path(
         detect_every: Detect on every Nth sampled video frame.
         smooth_seconds: Moving-average window of the written timeline.
         progress: Show progress bars.
+        detector: The face detector model (`fer_lab.faces.detector.MODELS`).
 
     Returns:
         The photos' predictions, or the video's analysis.
     """
     path = Path(path)
     if is_video(path):
-        config = DetectorConfig(max_side=max_side or VIDEO_MAX_SIDE, threshold=threshold)
+        config = DetectorConfig(max_side=max_side or VIDEO_MAX_SIDE, threshold=threshold, model=detector)
         predictor = inference.Predictor(loaded, FaceDetector(config), framing=framing)
         annotated = Path(out_dir) / f"{path.stem}_annotated.mp4" if out_dir is not None else None
         analysis = analyze_video(path, predictor, sample_fps=sample_fps, detect_every=detect_every,
@@ -397,7 +405,7 @@ def analyze_path(
             analysis.save(out_dir)
             analysis.timeline(smooth_seconds).savefig(Path(out_dir) / f"{path.stem}_timeline.png", dpi=100)
         return analysis
-    config = DetectorConfig(max_side=max_side or IMAGE_MAX_SIDE, threshold=threshold)
+    config = DetectorConfig(max_side=max_side or IMAGE_MAX_SIDE, threshold=threshold, model=detector)
     predictor = inference.Predictor(loaded, FaceDetector(config), framing=framing)
     result = predictor.predict_files(inference.image_files(path), progress=progress)
     if out_dir is not None:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
+from fer_lab.data import IMAGE_EXTENSIONS
 from fer_lab.errors import ConfigError, DataError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
@@ -20,7 +22,6 @@ WRITER_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 def is_video(path: str | os.PathLike[str]) -> bool:
     """Whether `path` names a video file by its suffix."""
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
-
 
 
 class VideoReader:
@@ -116,3 +117,52 @@ def preview_frames(path: str | os.PathLike[str], count: int = 6) -> list[np.ndar
         return frames
     finally:
         reader.release()
+
+
+class ImageSequence:
+    """A folder of images read as a video (files in name order, one frame each at `fps`), like `VideoReader`.
+
+    An image that cannot be decoded is skipped with a warning: one bad frame of a recording should not
+    cost the rest of it.
+    """
+
+    def __init__(self, folder: Path, fps: float) -> None:
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder of images")
+        if not (0 < fps <= 1000):
+            raise ConfigError(f"frame rate of an image folder must be positive (at most 1000), not {fps}")
+        self.files = sorted(path for path in folder.iterdir()
+                            if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."))
+        if not self.files:
+            raise DataError(f"{folder}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        self.path, self.fps, self.frame_count = folder, float(fps), len(self.files)
+        self.warnings: list[str] = []
+
+    def sampled(self, sample_fps: float, limit: float | None) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame index, BGR frame) of the first image at or after each multiple of 1/sample_fps seconds."""
+        target = 0
+        for index, file in enumerate(self.files):
+            if limit is not None and index >= limit:
+                break
+            if index * sample_fps < target * self.fps - 1e-6:
+                continue
+            target = math.floor(index * sample_fps / self.fps + 1e-6) + 1
+            try:
+                with Image.open(file) as image:
+                    rgb = np.asarray(image.convert("RGB"))
+            except (OSError, ValueError, SyntaxError, EOFError) as error:
+                self.warnings.append(f"{file}: skipped, not a readable image ({' '.join(str(error).split())})")
+                continue
+            yield index, np.ascontiguousarray(rgb[:, :, ::-1])
+
+    def end_warnings(self, limit: float) -> list[str]:
+        """None: a folder's frame count is exact."""
+        return []
+
+    def release(self) -> None:
+        """Nothing to close."""
+
+
+def open_frames(path: Path, frame_rate: float = 10.0) -> VideoReader | ImageSequence:
+    """A video file's reader, or a folder of images read as a video at `frame_rate` frames per second."""
+    return ImageSequence(path, frame_rate) if path.is_dir() else VideoReader(path)

@@ -1,7 +1,9 @@
-"""The one dlib face detector every stage uses, and its box convention.
+"""The one face detector every stage uses, and its box convention.
 
-`Detector` is the only place in fer_lab that constructs a dlib detector: dlib's HOG frontal face
-detector (`model="hog"`) or its MMOD CNN (`model="cnn"`, far slower on a CPU). Its two users
+`Detector` is the only place in fer_lab that constructs a face detector: dlib's HOG frontal face
+detector (`model="hog"`), its MMOD CNN (`model="cnn"`, far slower on a CPU), or MediaPipe's
+full-range BlazeFace (`model="mediapipe"`: small, turned and tilted faces, in real time on a CPU;
+its model ships inside the `mediapipe` wheel, so it works offline). Its two users
 prepare the image their own way and map the boxes back with `to_original`:
 
 - `fer_lab.faces.detection` enlarges 48x48 dataset images (cached, in parallel) for the noise filter;
@@ -15,12 +17,18 @@ row *past* it (exclusive, like Python slices and PIL crops). dlib's `rect.right(
 another image size are scaled as real-valued coordinates and clipped to that image.
 
 Scores: HOG reports a detection's SVM margin (dlib's own decision threshold is 0); the CNN reports
-its confidence, only for detections it accepts (so from 0 up).
+its confidence, only for detections it accepts (so from 0 up); MediaPipe its confidence (0..1, only
+detections from MEDIAPIPE_MIN_SCORE up). MediaPipe also gives each face's eye centres, which
+`FaceDetector.detect` returns so crops can be rotated upright (eyes level) before classification.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import math
+import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -31,8 +39,15 @@ from PIL import Image
 
 from fer_lab.errors import ConfigError
 
-Model = Literal["hog", "cnn"]
-MODELS: tuple[Model, ...] = ("hog", "cnn")
+Model = Literal["hog", "cnn", "mediapipe"]
+MODELS: tuple[Model, ...] = ("hog", "cnn", "mediapipe")
+# MediaPipe's own default confidence threshold; its boxes below it are never returned.
+MEDIAPIPE_MIN_SCORE = 0.5
+# The smallest face (detection-image pixels) MediaPipe's full-range model finds reliably (measured:
+# benchmarks/bench_detectors.py).
+MEDIAPIPE_MIN_FACE = 24
+# Side (detection-image pixels) of the overlapping tiles MediaPipe also runs on, for small faces.
+MEDIAPIPE_TILE = 256
 # Column names of a box in fer_lab's tables, in the order of the convention above.
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 # The smallest face (in detection-image pixels) dlib's HOG detector finds without upsampling.
@@ -53,13 +68,21 @@ def check_model(model: str) -> None:
 
 
 class Detector:
-    """dlib's HOG or CNN face detector: boxes (see the module docstring) and scores, best first."""
+    """dlib's HOG or CNN, or MediaPipe's face detector: boxes (see the module docstring) and scores, best first.
+
+    `eyes` holds, after each call, the (K, 2, 2) eye centres (x, y; the person's right eye first) of
+    the boxes returned, NaN where the model gives none (dlib's).
+    """
 
     def __init__(self, model: Model = "hog") -> None:
-        import dlib
-
         check_model(model)
         self.model = model
+        self.eyes = np.zeros((0, 2, 2))
+        if model == "mediapipe":
+            self._mediapipe = _mediapipe_detector()
+            return
+        import dlib
+
         if model == "hog":
             self._hog = dlib.get_frontal_face_detector()
         else:
@@ -72,17 +95,98 @@ class Detector:
         `image` is 2-D uint8 grayscale (or RGB); `upsample` is dlib's pyramid upsampling (each
         step finds faces half as small, at about four times the cost).
         """
+        if self.model == "mediapipe":
+            return self._run_mediapipe(image, score_floor)
         if self.model == "hog":
             rects, scores, _ = self._hog.run(image, upsample, score_floor)
         else:
             found = [d for d in self._cnn(image, upsample) if d.confidence >= score_floor]
             rects, scores = [d.rect for d in found], [d.confidence for d in found]
         if not len(rects):
+            self.eyes = np.zeros((0, 2, 2))
             return np.zeros((0, 4)), np.zeros(0)
         boxes = np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects], dtype=float)
         scores = np.asarray(scores, dtype=float)
         order = np.argsort(-scores, kind="stable")
+        self.eyes = np.full((len(boxes), 2, 2), np.nan)
         return boxes[order], scores[order]
+
+    def _run_mediapipe(self, image: np.ndarray, score_floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """MediaPipe on the whole image and on overlapping MEDIAPIPE_TILE tiles, duplicates merged.
+
+        The model sees its input at 192x192: a 30 px face in a 640x360 frame shrinks below what it
+        finds, the same face in a 256 px tile does not.
+        """
+        rgb = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3])
+        height, width = rgb.shape[:2]
+        views = [(0, 0, width, height)] + [(x, y, min(width, x + MEDIAPIPE_TILE), min(height, y + MEDIAPIPE_TILE))
+                                           for y in _tile_starts(height) for x in _tile_starts(width)]
+        boxes, scores, eyes = [], [], []
+        for x0, y0, x1, y1 in dict.fromkeys(views):
+            tile = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+            size = np.array([x1 - x0, y1 - y0])
+            for detection in self._mediapipe.process(tile).detections or []:
+                score = float(detection.score[0])
+                box = detection.location_data.relative_bounding_box
+                if score < score_floor or box.width <= 0:
+                    continue
+                corner = np.array([box.xmin, box.ymin]) * size + (x0, y0)
+                boxes.append([*corner, *(corner + np.array([box.width, box.height]) * size)])
+                points = detection.location_data.relative_keypoints
+                eyes.append([np.array([points[k].x, points[k].y]) * size + (x0, y0) for k in (0, 1)])
+                scores.append(score)
+        keep = _non_maximum(np.asarray(boxes, dtype=float).reshape(-1, 4), np.asarray(scores, dtype=float))
+        self.eyes = np.asarray(eyes, dtype=float).reshape(-1, 2, 2)[keep]
+        return np.asarray(boxes, dtype=float).reshape(-1, 4)[keep], np.asarray(scores, dtype=float)[keep]
+
+
+def _tile_starts(length: int) -> list[int]:
+    """Starts of MEDIAPIPE_TILE-long windows covering `length` with at least a quarter overlap."""
+    if length <= MEDIAPIPE_TILE:
+        return []
+    count = math.ceil((length - MEDIAPIPE_TILE) / (0.75 * MEDIAPIPE_TILE)) + 1
+    return [round(start) for start in np.linspace(0, length - MEDIAPIPE_TILE, count)]
+
+
+def _non_maximum(boxes: np.ndarray, scores: np.ndarray, overlap: float = 0.3) -> np.ndarray:
+    """Indices of the boxes kept, best first: each drops the weaker ones it overlaps (IoU or containment)."""
+    keep: list[int] = []
+    for index in np.argsort(-scores, kind="stable"):
+        x0, y0, x1, y1 = boxes[index]
+        area = (x1 - x0) * (y1 - y0)
+        clash = False
+        for kept in keep:
+            a0, b0, a1, b1 = boxes[kept]
+            inter = max(0.0, min(x1, a1) - max(x0, a0)) * max(0.0, min(y1, b1) - max(y0, b0))
+            smaller = min(area, (a1 - a0) * (b1 - b0))
+            if inter > overlap * (area + (a1 - a0) * (b1 - b0) - inter) or inter > 0.6 * smaller:
+                clash = True
+                break
+        if not clash:
+            keep.append(int(index))
+    return np.asarray(keep, dtype=int)
+
+
+def _mediapipe_detector() -> object:
+    """MediaPipe's full-range face detector (faces up to about 5 m from the camera), or a ConfigError saying how to install it."""
+    import os
+
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
+    try:
+        # On import MediaPipe's bindings print an AttributeError (protobuf >= 5 dropped MessageFactory.GetPrototype);
+        # face detection works all the same (tests/faces/test_detector.py), so the line would only mislead.
+        # It goes through sys.excepthook (a Jupyter kernel's shows it as a cell error), hence Python's own hook.
+        hook, sys.excepthook = sys.excepthook, sys.__excepthook__
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                from mediapipe.python.solutions import face_detection
+        finally:
+            sys.excepthook = hook
+    except ImportError as error:
+        raise ConfigError("detector 'mediapipe' needs the mediapipe package: pip install --no-deps mediapipe==0.10.21 "
+                          f"(its pinned dependencies conflict with TensorFlow's; the ones it needs are installed) "
+                          f"[{' '.join(str(error).split())}]") from error
+    return face_detection.FaceDetection(model_selection=1, min_detection_confidence=MEDIAPIPE_MIN_SCORE)
 
 
 def to_original(boxes: np.ndarray, scale: tuple[float, float], shape: tuple[int, int],
@@ -128,7 +232,7 @@ class DetectorConfig:
     def min_face(self, height: int, width: int) -> float:
         """The smallest face (in original pixels) this configuration can find in a height x width image."""
         scale = min(1.0, self.max_side / max(height, width)) * 2**self.upsample
-        return HOG_MIN_FACE / scale
+        return (MEDIAPIPE_MIN_FACE if self.model == "mediapipe" else HOG_MIN_FACE) / scale
 
 
 class FaceDetector:
@@ -140,11 +244,19 @@ class FaceDetector:
 
     def __call__(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (K, 4) as x0, y0, x1, y1 in `gray`'s pixels and their scores (K,), best first."""
+        boxes, scores, _ = self.detect(gray)
+        return boxes, scores
+
+    def detect(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes and scores as `__call__`, and eye centres (K, 2, 2) in `gray`'s pixels (NaN: none given)."""
         height, width = gray.shape
         scale = min(1.0, self.config.max_side / max(height, width))
         small = gray
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
-        boxes, scores = self._detector(small, self.config.upsample, self.config.threshold)
-        return to_original(boxes, (width / small.shape[1], height / small.shape[0]), gray.shape), scores
+        threshold = max(self.config.threshold, 0.0) if self.config.model == "mediapipe" else self.config.threshold
+        boxes, scores = self._detector(small, self.config.upsample, threshold)
+        factor = np.array([width / small.shape[1], height / small.shape[0]])
+        eyes = self._detector.eyes * factor
+        return to_original(boxes, tuple(factor), gray.shape), scores, eyes

@@ -70,3 +70,49 @@ def test_one_dlib_detector_construction_site() -> None:
     detector = str(Path("fer_lab", "faces", "detector.py"))
     assert importers == [detector]
     assert sites == [(detector, "dlib.get_frontal_face_detector("), (detector, "dlib.cnn_face_detection_model_v1(")]
+
+
+# ---- MediaPipe: smaller, tilted faces in real photos ----------------------------------------------
+
+
+def group_photo(sizes: tuple[int, ...], angles: tuple[int, ...]) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Real faces (skimage's astronaut, matplotlib's Grace Hopper) scaled, rotated and placed on a 640x360 scene."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    hopper = imaging.to_gray(np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg",
+                                                                                       asfileobj=False))))
+    heads = [(imaging.to_gray(skimage.data.astronaut())[40:205, 145:310], 103), (hopper[100:340, 135:375], 150)]
+    scene = np.full((360, 640), 128, np.uint8)
+    centres = []
+    for index, (size, angle) in enumerate(zip(sizes, angles)):
+        head, face = heads[index % 2]
+        side = round(head.shape[0] * size / face)
+        patch = np.asarray(Image.fromarray(head).resize((side, side)).rotate(angle, fillcolor=128))
+        x, y = 64 + index * 128, 180 - side // 2
+        scene[y:y + side, x - side // 2:x - side // 2 + side] = patch
+        centres.append((float(x), 180.0))
+    return scene, centres
+
+
+def test_mediapipe_finds_small_and_tilted_faces_hog_misses() -> None:
+    scene, centres = group_photo(sizes=(30, 36, 44, 52, 78), angles=(0, 20, 25, -25, 0))
+    found = {}
+    for model in ("hog", "mediapipe"):
+        boxes, scores = FaceDetector(DetectorConfig(max_side=640, model=model))(scene)
+        hits = [any(abs((b[0] + b[2]) / 2 - x) < 30 and abs((b[1] + b[3]) / 2 - y) < 40 for b in boxes)
+                for x, y in centres]
+        found[model] = sum(hits)
+        if model == "mediapipe":
+            assert len(boxes) == sum(hits) and ((scores >= 0.5) & (scores <= 1)).all()  # no false or duplicate boxes
+    assert found["mediapipe"] == 5 and found["hog"] <= 3, found
+
+
+def test_mediapipe_box_and_eyes_on_the_astronaut(astronaut: np.ndarray) -> None:
+    hog_box = FaceDetector(DetectorConfig(max_side=512))(astronaut)[0][0]
+    boxes, _, eyes = FaceDetector(DetectorConfig(max_side=512, model="mediapipe")).detect(astronaut)
+    assert len(boxes) == 1 and eyes.shape == (1, 2, 2)
+    np.testing.assert_allclose(boxes[0], hog_box, atol=20)  # the same box convention, the same face
+    (right_x, right_y), (left_x, left_y) = eyes[0]
+    assert hog_box[0] < right_x < left_x < hog_box[2] and abs(right_y - left_y) < 6  # her right eye is image-left
+    assert np.isnan(FaceDetector(DetectorConfig(max_side=512)).detect(astronaut)[2]).all()  # dlib gives no eyes

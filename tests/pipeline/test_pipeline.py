@@ -127,3 +127,4 @@ def test_the_demo_model_learns_the_sample(ci_pipeline):
     runs = {nb.name: client.get_run(nb.run_id).data.metrics for nb in ci_pipeline.notebooks}
     assert runs["04_evaluate"]["test_accuracy"] >= 0.80
     assert runs["06_apply"]["demo_video_agreement"] >= 0.60
+    assert runs["07_study"]["significant_effects"] >= 2  # the generated study's built-in effect
