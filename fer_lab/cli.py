@@ -79,6 +79,18 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register(args: argparse.Namespace) -> int:
+    from fer_lab import tracking
+
+    uri = tracking.configure(args.tracking_uri)
+    ref = tracking.register_model(args.run, args.name, args.alias)
+    print(f"registered run {ref.run_id} as {ref.uri}" + (f" (alias {ref.name}@{ref.alias})" if ref.alias else "")
+          + f" in {uri}")
+    if ref.alias:
+        print(f"use it as models:/{ref.name}@{ref.alias}")
+    return 0
+
+
 def _manifest(args: argparse.Namespace) -> int:
     from fer_lab import data
 
@@ -144,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="find faces in an image, image folder or video and classify them")
     predict.add_argument("path", help="image file, folder of images, or video (.mp4, .avi, .mov, ...)")
     predict.add_argument("--model", default="",
-                         help="MLflow run id or model URI (runs:/<id>/model, models:/<name>/<version>); "
+                         help="run id, runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version> "
+                              "or a .keras file written by fer-lab; "
                               "default: the latest finished 03_train run")
     predict.add_argument("--out", help="folder for the per-face/per-frame CSV and annotated copies (default: print only)")
     predict.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
@@ -161,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--crop-lift", type=float, default=None,
                          help="crop centre above the box centre, in box sides (default: FER2013's)")
     predict.set_defaults(handler=_predict)
+
+    register = commands.add_parser("register", help="register a training run's model in the MLflow Model Registry")
+    register.add_argument("run", help="the 03_train run: its id or runs:/<id>/model")
+    register.add_argument("--name", required=True, help="registered model name (a new version when it exists)")
+    register.add_argument("--alias", default="", help="alias to point at the new version, e.g. champion")
+    register.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    register.set_defaults(handler=_register)
 
     manifest = commands.add_parser("manifest", help="list a dataset (fer2013.csv, image folders) as a manifest CSV")
     manifest.add_argument("path", help="fer2013.csv(.gz), a folder holding one, or a folder of class/split folders")
