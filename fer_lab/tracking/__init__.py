@@ -18,7 +18,7 @@ from fer_lab.tracking.models import (
     load_run_model,
     log_model,
 )
-from fer_lab.tracking.registry import ModelRef, is_reference
+from fer_lab.tracking.registry import ModelRef, is_reference, log_lineage
 from fer_lab.tracking.registry import load as load_reference
 from fer_lab.tracking.registry import register as register_model
 from fer_lab.tracking.registry import resolve as resolve_model
@@ -40,6 +40,7 @@ from fer_lab.tracking.store import (
     git_commit,
     log_artifact,
     log_artifacts,
+    log_dataset,
     log_figure,
     log_metrics,
     log_params,
@@ -78,7 +79,9 @@ __all__ = [
     "load_run_model",
     "log_artifact",
     "log_artifacts",
+    "log_dataset",
     "log_figure",
+    "log_lineage",
     "log_metrics",
     "log_model",
     "log_params",

@@ -179,6 +179,35 @@ def _file_labels(path: Path, outputs: int) -> list[str]:
     raise ConfigError(f"{path}: no {path.with_suffix('.json').name} or {LABELS_FILE} beside it naming the classes")
 
 
+def log_lineage(reference: str | ModelRef) -> ModelRef:
+    """Record on the active run the model it starts from: tags naming it, and its run's training data.
+
+    The parent run's dataset inputs are logged again with the context `parent_training`, so the run
+    shows in the UI both the data it was fine-tuned on and the data its backbone learnt from.
+
+    Args:
+        reference: The parent model.
+
+    Returns:
+        The checked reference.
+    """
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+
+    ref = reference if isinstance(reference, ModelRef) else resolve(reference)
+    mlflow.set_tags(ref.lineage())
+    active = mlflow.active_run()
+    if ref.run_id and active is not None:
+        client = MlflowClient()
+        inputs = client.get_run(ref.run_id).inputs
+        parent_inputs = [DatasetInput(item.dataset, [InputTag("mlflow.data.context", "parent_training")])
+                         for item in (inputs.dataset_inputs if inputs else [])
+                         if any(tag.key == "mlflow.data.context" and tag.value == "training" for tag in item.tags)]
+        if parent_inputs:
+            client.log_inputs(active.info.run_id, datasets=parent_inputs)
+    return ref
+
+
 def register(reference: str, name: str, alias: str = "") -> ModelRef:
     """Register the model of a training run under `name` (a new version) and point `alias` at it.
 
