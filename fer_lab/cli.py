@@ -91,6 +91,21 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fer_lab.apply import export
+
+    exported = export.export_model(args.model, args.format, args.out, quantize=args.quantize,
+                                   tracking_uri=args.tracking_uri)
+    parity = exported.contract["parity"]
+    print(f"{exported.model_file} ({exported.model_file.stat().st_size / 1e6:.2f} MB) and its contract "
+          f"{exported.contract_file}: {len(exported.contract['labels'])} classes; on {parity['probe_images']} probe "
+          f"images max |p - p_keras| {parity['max_abs_diff']:.2e}, same class {parity['same_class']:.0%}")
+    return 0
+
+
 def _manifest(args: argparse.Namespace) -> int:
     from fer_lab import data
 
@@ -181,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--alias", default="", help="alias to point at the new version, e.g. champion")
     register.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
     register.set_defaults(handler=_register)
+
+    export = commands.add_parser("export", help="write a model as ONNX or TFLite (runs without fer-lab) with a "
+                                                "JSON contract: labels, input, output, source")
+    export.add_argument("model", help="run id, runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version> "
+                                      "or a .keras file written by fer-lab")
+    export.add_argument("--format", choices=("onnx", "tflite"), required=True, help="onnx (ONNX Runtime) or tflite")
+    export.add_argument("--quantize", action="store_true", help="tflite with int8 weights (dynamic range)")
+    export.add_argument("--out", required=True, help="folder for model.<format> and model.json")
+    export.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    export.set_defaults(handler=_export)
 
     manifest = commands.add_parser("manifest", help="list a dataset (fer2013.csv, image folders) as a manifest CSV")
     manifest.add_argument("path", help="fer2013.csv(.gz), a folder holding one, or a folder of class/split folders")
