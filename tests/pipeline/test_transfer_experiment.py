@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from fer_lab import project, tracking
-from fer_lab.pipeline import experiments
+from fer_lab.pipeline import experiments, runner
 from fer_lab.training import schedule
 
 
@@ -31,25 +30,22 @@ def test_transfer_phases_has_every_arm_at_both_sizes() -> None:
 
 
 @pytest.mark.slow
-def test_transfer_phases_runs_on_the_sample_from_a_sample_model(base_model_store, sample_dir, tmp_path) -> None:
+def test_the_seed_arm_runs_on_the_sample_from_a_sample_model(base_model_store, sample_dir, tmp_path) -> None:
+    """The experiment's shared overrides plus its seed arm, through the real 03_train notebook (one epoch a
+    phase), with the base swapped for a model trained on the sample (it lacks neutral; FER+ labels add it)."""
     uri, base_run = base_model_store
-    content = yaml.safe_load((experiments.EXPERIMENTS_DIR / "transfer-phases.yaml").read_text())
-    content["params"] = [str(project.PARAMS_DIR / "ci.yaml")]
-    content["overrides"].update({"03_train.weights": base_run, "tracking_uri": uri, "work_dir": str(tmp_path / "work"),
-                                 "03_train.cnn": {"widths": [8, 16], "convs_per_block": 1}, "04_evaluate.tta": "none"})
-    content["variants"] = {name: content["variants"][name] for name in ("scratch_n50", "head6_top4_x2_n50")}
-    for variant in content["variants"].values():  # the arms' phase structure, one epoch a phase
-        variant["03_train.phases"] = [{**phase, "epochs": 1} for phase in variant["03_train.phases"]]
-    experiment_file = tmp_path / "transfer-phases.yaml"
-    experiment_file.write_text(yaml.safe_dump(content))
-    result = experiments.run_experiment(experiment_file, data_dir=sample_dir, out_dir=tmp_path / "report",
-                                        log=lambda *_: None)
-    assert result.ok, {name: [nb.error for nb in pipeline.notebooks] for name, pipeline in result.variants.items()}
-    client = MlflowClient()
-    scratch, seed = (client.get_run(result.training_runs[name]).data for name in ("scratch_n50", "head6_top4_x2_n50"))
-    assert seed.tags["parent_model_run_id"] == base_run and "parent_model_run_id" not in scratch.tags
-    assert seed.tags["schedule"] == "[head(head) 1ep, top(top:2) 1ep] x 2"
-    assert seed.params["per_class"] == scratch.params["per_class"] == "50"
-    _, labels, _ = tracking.load_reference(result.training_runs["head6_top4_x2_n50"])
-    assert "neutral" in labels  # the base had no neutral; the new head has the target's classes
-    assert "McNemar" in result.compare.index.read_text()
+    experiment = experiments.load_experiment("transfer-phases")
+    arm = dict(experiment.variants["head6_top4_x2_n50"])
+    arm["03_train.phases"] = [{**phase, "epochs": 1} for phase in arm["03_train.phases"]]
+    overrides = {**experiment.overrides, **arm, "03_train.weights": base_run, "tracking_uri": uri,
+                 "work_dir": str(tmp_path / "work"), "03_train.cnn": {"widths": [8, 16], "convs_per_block": 1}}
+    result = runner.run_pipeline(data_dir=sample_dir, params_files=[project.PARAMS_DIR / "ci.yaml"],
+                                 overrides=overrides, only=["03_train"], out_dir=tmp_path / "report",
+                                 log=lambda *_: None)
+    assert result.ok, [nb.error for nb in result.notebooks]
+    run_id = result.notebooks[0].run_id
+    run = MlflowClient().get_run(run_id).data
+    assert run.tags["parent_model_run_id"] == base_run and run.params["per_class"] == "50"
+    assert run.tags["schedule"] == "[head(head) 1ep, top(top:2) 1ep] x 2"
+    _, labels, _ = tracking.load_reference(run_id)
+    assert "neutral" in labels and len(labels) == 7  # the new head has the target's classes, the base had six
