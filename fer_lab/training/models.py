@@ -3,7 +3,9 @@
 Every model takes float32 grayscale pixels (N, 48, 48, 1) in 0..255 and returns softmax
 probabilities. Resizing to the backbone's resolution, the gray->RGB repeat and the scaling each
 backbone expects all happen inside the model, so a saved model needs no outside preprocessing
-and only built-in Keras layers (it loads anywhere, without fer_lab).
+and only built-in Keras layers (it loads anywhere, without fer_lab). With `weights` naming a fer-lab model
+(run, registered model or .keras file), the backbone and its weights come from that model and only the
+head is new: fine-tuning a FER2013 model on other data and other classes.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def _transfer(config: ModelConfig, reference: str, num_classes: int, input_size:
     """
     from fer_lab import tracking
 
-    parent, _, ref = tracking.load_reference(reference)
+    parent, _, _ = tracking.load_reference(reference)
     family = parent.name.removeprefix("fer_")
     if family not in BACKBONES:
         raise ConfigError(f"weights {reference!r}: model {parent.name!r} was not built by fer-lab (no fer_<backbone> name)")

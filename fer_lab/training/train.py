@@ -189,7 +189,7 @@ def train(
     if active:
         tracking.set_tags({"schedule": config.schedule.describe(), "total_epochs": str(total_epochs),
                            "model": models.describe(config.model)})
-        if config.model.pretrained and models.is_model_reference(config.model.weights):
+        if models.is_model_reference(config.model.weights):
             tracking.log_lineage(config.model.weights)
 
     compiles = 0
