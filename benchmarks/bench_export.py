@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from fer_lab import data, tracking  # noqa: E402
+from fer_lab import data, project, tracking  # noqa: E402
 from fer_lab.apply import export  # noqa: E402
 from fer_lab.data import synthetic  # noqa: E402
 
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
 
-    data_path = synthetic.resolve_dataset(args.data or None)
+    data_path = synthetic.resolve_dataset(args.data or project.SAMPLE_DIR)
     manifest = data.build_manifest(data_path)
     rows = manifest[manifest["readable"] & (manifest["split"] == args.split)].reset_index(drop=True)
     if args.limit:

@@ -74,7 +74,7 @@ def test_bad_references_say_what_exists(store, capsys) -> None:
         "models:/fer-bad-refs@champ": r"has no alias 'champ'; its aliases: @staging -> v1",
         "models:/fer-bad-refs/7": r"has no version 7; its versions: 1",
         "models:/nobody@x": r"no registered model 'nobody' .* registered: .*fer-bad-refs",
-        "models:/fer-bad-refs": r"write models:/NAME@ALIAS or models:/NAME/VERSION",
+        "models:/fer-bad-refs": r"models:/NAME@ALIAS or models:/NAME/VERSION",
         "0" * 32: r"run 0{32} is not in the tracking store",
         "missing.keras": r"model file .*missing.keras not found",
         "latest": r"'latest' is not a model reference: pass a run id, runs:/ID/model",

@@ -79,7 +79,9 @@ def resolve(reference: str) -> ModelRef:
     text = str(reference).strip()
     if not text:
         raise ConfigError(f"no model given: pass {REFERENCE_FORMS}")
-    client = MlflowClient()
+    if not (_RUN_ID.match(text) or text.startswith(("runs:/", "models:/"))):
+        return _file_reference(text)
+    client = MlflowClient()  # only now: a client opens (and may create) the store
     if _RUN_ID.match(text):
         _check_run(client, text)
         return ModelRef(text, f"runs:/{text}/{MODEL_ARTIFACT}", run_id=text)
@@ -107,8 +109,10 @@ def resolve(reference: str) -> ModelRef:
             raise ConfigError(f"registered model {name!r} has no version {number}; its versions: "
                               f"{', '.join(map(str, versions[-_SHOWN:])) or 'none'}") from error
         return ModelRef(text, text, run_id=version.run_id or "", name=name, version=str(version.version))
-    if text.startswith("models:/"):
-        raise ConfigError(f"model reference {text!r}: write models:/NAME@ALIAS or models:/NAME/VERSION")
+    raise ConfigError(f"model reference {text!r}: write runs:/ID/model, models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def _file_reference(text: str) -> ModelRef:
     path = Path(text).expanduser()
     if path.suffix == ".keras" or (path.is_dir() and (path / "MLmodel").is_file()):
         if not path.exists():
