@@ -118,6 +118,33 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register(args: argparse.Namespace) -> int:
+    from fer_lab import tracking
+
+    uri = tracking.configure(args.tracking_uri)
+    ref = tracking.register_model(args.run, args.name, args.alias)
+    print(f"registered run {ref.run_id} as {ref.uri}" + (f" (alias {ref.name}@{ref.alias})" if ref.alias else "")
+          + f" in {uri}")
+    if ref.alias:
+        print(f"use it as models:/{ref.name}@{ref.alias}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fer_lab.apply import export
+
+    exported = export.export_model(args.model, args.format, args.out, quantize=args.quantize,
+                                   tracking_uri=args.tracking_uri)
+    parity = exported.contract["parity"]
+    print(f"{exported.model_file} ({exported.model_file.stat().st_size / 1e6:.2f} MB) and its contract "
+          f"{exported.contract_file}: {len(exported.contract['labels'])} classes; on {parity['probe_images']} probe "
+          f"images max |p - p_keras| {parity['max_abs_diff']:.2e}, same class {parity['same_class']:.0%}")
+    return 0
+
+
 def _manifest(args: argparse.Namespace) -> int:
     from fer_lab import data
 
@@ -183,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="find faces in an image, image folder or video and classify them")
     predict.add_argument("path", help="image file, folder of images, or video (.mp4, .avi, .mov, ...)")
     predict.add_argument("--model", default="",
-                         help="MLflow run id or model URI (runs:/<id>/model, models:/<name>/<version>); "
+                         help="run id, runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version> "
+                              "or a .keras file written by fer-lab; "
                               "default: the latest finished 03_train run")
     predict.add_argument("--out", help="folder for the per-face/per-frame CSV and annotated copies (default: print only)")
     predict.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
@@ -210,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "recordings (one participant per video or image folder)")
     study_.add_argument("--events", help="events CSV: path or condition, name, start, end (seconds)")
     study_.add_argument("--model", default="",
-                        help="MLflow run id or model URI; default: the latest finished 03_train run")
+                        help="model reference (see fer-lab predict); default: the latest finished 03_train run")
     study_.add_argument("--out", default="study-results", help="output folder (default study-results)")
     study_.add_argument("--cache", help="analysis cache folder (default: OUT/cache)")
     study_.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
@@ -233,6 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
     study_.add_argument("--reference", default="", help="baseline condition (default: first in sorted order)")
     study_.add_argument("--align", default="", help="event the timelines are aligned on (default: recording start)")
     study_.set_defaults(handler=_study)
+
+    register = commands.add_parser("register", help="register a training run's model in the MLflow Model Registry")
+    register.add_argument("run", help="the 03_train run: its id or runs:/<id>/model")
+    register.add_argument("--name", required=True, help="registered model name (a new version when it exists)")
+    register.add_argument("--alias", default="", help="alias to point at the new version, e.g. champion")
+    register.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    register.set_defaults(handler=_register)
+
+    export = commands.add_parser("export", help="write a model as ONNX or TFLite (runs without fer-lab) with a "
+                                                "JSON contract: labels, input, output, source")
+    export.add_argument("model", help="run id, runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version> "
+                                      "or a .keras file written by fer-lab")
+    export.add_argument("--format", choices=("onnx", "tflite"), required=True, help="onnx (ONNX Runtime) or tflite")
+    export.add_argument("--quantize", action="store_true", help="tflite with int8 weights (dynamic range)")
+    export.add_argument("--out", required=True, help="folder for model.<format> and model.json")
+    export.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    export.set_defaults(handler=_export)
 
     manifest = commands.add_parser("manifest", help="list a dataset (fer2013.csv, image folders) as a manifest CSV")
     manifest.add_argument("path", help="fer2013.csv(.gz), a folder holding one, or a folder of class/split folders")

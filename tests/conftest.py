@@ -77,3 +77,34 @@ def gradient_image():
         return np.clip(base + rng.normal(0, 5, (height, width)), 0, 255).astype(np.uint8)
 
     return make
+
+
+BASE_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise")  # the sample's classes less neutral
+
+
+@pytest.fixture(scope="session")
+def base_model_store(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(tracking_uri, run_id): a tiny plain CNN trained briefly on the sample's classes less neutral, logged
+    by a 03_train run; the base model that transfer and export tests start from."""
+    import keras
+    import mlflow
+
+    from fer_lab import data, tracking
+    from fer_lab.training import models
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('base_model') / 'mlflow.db'}"
+    manifest = data.build_manifest(sample_dir)
+    rows = manifest[manifest["readable"] & (manifest["split"] == "train")
+                    & manifest["label"].isin(BASE_CLASSES)].reset_index(drop=True)
+    pixels = data.load_pixels(sample_dir, rows)
+    config = models.model_config_from_params("cnn", 48, "none", head={"pooling": "avg", "dropout": 0.0},
+                                             cnn={"widths": [8, 16], "convs_per_block": 1, "batchnorm_momentum": 0.9})
+    model = models.build_model(config, len(BASE_CLASSES))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    targets = np.array([BASE_CLASSES.index(label) for label in rows["label"]])
+    model.fit(pixels[..., None].astype("float32"), targets, epochs=3, batch_size=32, verbose=0)
+    with tracking.start_notebook_run("03_train", {"backbone": "cnn"}, tracking_uri=uri, experiment="base") as run:
+        tracking.log_dataset(rows[["path", "label"]], "sample:fer2013:raw:no-neutral", str(sample_dir))
+        tracking.log_model(model, BASE_CLASSES)
+    mlflow.end_run()
+    return uri, run.info.run_id

@@ -29,7 +29,7 @@ from fer_lab import data
 from fer_lab._shared import chunks, one_line
 from fer_lab.apply.align import level_eyes
 from fer_lab.apply.annotate import annotate
-from fer_lab.data import CLASSES, IMAGE_EXTENSIONS, imaging
+from fer_lab.data import IMAGE_EXTENSIONS, imaging
 from fer_lab.data.labels import probability_column
 from fer_lab.errors import ConfigError, DataError, FerLabError
 from fer_lab.faces.detector import BOX_COLUMNS, DetectorConfig, FaceDetector
@@ -42,8 +42,6 @@ FER2013_LIFT = 0.08
 FRAMING_MIN_SCORE = 0.0
 # Larger images are refused rather than decoded: 100 Mpx is several times any camera's output.
 MAX_PIXELS = 100_000_000
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_RUNS_URI = re.compile(r"^runs:/([0-9a-f]{32})/model/?$")
 
 
 @dataclass(frozen=True)
@@ -210,37 +208,21 @@ class LoadedModel:
 
 
 def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
-    """Load a model from an MLflow run id, a model URI (`runs:/<id>/model`, `models:/name/1`) or a local model folder.
+    """Load a model from any model reference `fer_lab.tracking.resolve_model` takes.
 
-    Run ids go through `fer_lab.tracking.load_run_model`, the loader every notebook uses; other URIs
-    through `fer_lab.tracking.load_model` with the labels from the model's metadata.
+    Args:
+        reference: A run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION`, an MLflow
+            model folder or a `.keras` file written by fer-lab.
+        tracking_uri: The store; empty: $MLFLOW_TRACKING_URI, else the project's.
+
+    Returns:
+        The model with its class labels, checked against the input and output contract.
     """
     from fer_lab import tracking
 
-    reference = reference.strip()
-    if not reference:
-        raise FerLabError("no model given: pass a run id or a model URI such as runs:/<run id>/model")
     tracking.configure(tracking_uri)
-    run_match = _RUN_ID.match(reference) or _RUNS_URI.match(reference)
-    if run_match:
-        run_id = run_match.group(1) if run_match.re is _RUNS_URI else reference
-        model, labels = tracking.load_run_model(run_id)
-    else:
-        model, labels = _load_uri(reference)
-    return _checked(model, tuple(labels), reference)
-
-
-def _load_uri(uri: str) -> tuple[Any, Sequence[str]]:
-    from fer_lab import tracking
-
-    model, metadata = tracking.load_model(uri)
-    labels = metadata.get("labels")
-    if labels is None:
-        outputs = int(model.output_shape[-1])
-        if outputs != len(CLASSES):
-            raise FerLabError(f"model {uri} has {outputs} outputs and no labels in its metadata")
-        labels = CLASSES
-    return model, labels
+    model, labels, _ = tracking.load_reference(reference)
+    return _checked(model, tuple(labels), str(reference).strip())
 
 
 def _checked(model: Any, labels: tuple[str, ...], reference: str) -> LoadedModel:

@@ -18,6 +18,10 @@ from fer_lab.tracking.models import (
     load_run_model,
     log_model,
 )
+from fer_lab.tracking.registry import ModelRef, is_reference, log_lineage
+from fer_lab.tracking.registry import load as load_reference
+from fer_lab.tracking.registry import register as register_model
+from fer_lab.tracking.registry import resolve as resolve_model
 from fer_lab.tracking.store import (
     DEFAULT_EXPERIMENT,
     METRICS_PER_REQUEST,
@@ -36,6 +40,7 @@ from fer_lab.tracking.store import (
     git_commit,
     log_artifact,
     log_artifacts,
+    log_dataset,
     log_figure,
     log_metrics,
     log_params,
@@ -53,6 +58,7 @@ __all__ = [
     "DEFAULT_EXPERIMENT",
     "METRICS_PER_REQUEST",
     "MODEL_ARTIFACT",
+    "ModelRef",
     "PROGRESS_BAR_VARIABLE",
     "TRAIN_NOTEBOOK",
     "UNFINISHED",
@@ -66,12 +72,16 @@ __all__ = [
     "find_runs",
     "finish_run",
     "git_commit",
+    "is_reference",
     "load_csv_artifact",
     "load_model",
+    "load_reference",
     "load_run_model",
     "log_artifact",
     "log_artifacts",
+    "log_dataset",
     "log_figure",
+    "log_lineage",
     "log_metrics",
     "log_model",
     "log_params",
@@ -80,6 +90,8 @@ __all__ = [
     "metric_history",
     "notebook_run",
     "quoted",
+    "register_model",
+    "resolve_model",
     "resolve_training_run",
     "run_params",
     "search_filter",

@@ -12,6 +12,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from fer_lab.errors import ConfigError, DataError
+from fer_lab.tracking.registry import resolve
 from fer_lab.tracking.store import TRAIN_NOTEBOOK, quoted, search_filter
 
 _RUN_ID = re.compile(r"^[0-9A-Za-z_-]+$")
@@ -58,10 +59,18 @@ def training_run_of(parent_run_id: str, experiment: str) -> str:
 
 
 def resolve_training_run(experiment: str, parent_run_id: str = "", run_id: str = "") -> str:
-    """The training run to use: `run_id` when given, else the 03_train run under `parent_run_id`,
-    else the experiment's latest finished 03_train run."""
+    """The training run to use: the run `run_id` names when given, else the 03_train run under
+    `parent_run_id`, else the experiment's latest finished 03_train run.
+
+    `run_id` is any model reference with a run behind it (`registry.resolve`): a run id, `runs:/ID/model`,
+    `models:/NAME@ALIAS` or `models:/NAME/VERSION` (the version's source run).
+    """
     if run_id:
-        return run_id
+        found = resolve(run_id).run_id
+        if not found:
+            raise ConfigError(f"{run_id!r} is a model file without an MLflow run; pass a tracked model "
+                              "(a run id, runs:/ID/model, models:/NAME@ALIAS or models:/NAME/VERSION)")
+        return found
     found = training_run_of(parent_run_id, experiment) if parent_run_id else ""
     if not found:
         runs = find_runs(experiment, tags={"has_model": "true"}, finished_only=True, max_runs=1)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,6 +287,30 @@ def tag_dataset(fingerprint: str) -> str:
         if parent and "dataset_fingerprint" not in client.get_run(parent).data.tags:
             client.set_tag(parent, "dataset_fingerprint", fingerprint)
     return fingerprint
+
+
+def log_dataset(table: pd.DataFrame, name: str, source: str, context: str = "training") -> str:
+    """Log the rows a run trains or tests on as an MLflow dataset input of the active run; return its digest.
+
+    The digest (MLflow's hash of the rows) tells apart the raw, face-filtered, relabelled and
+    subsampled versions of a dataset, which the name describes; the UI shows it under the run's inputs.
+
+    Args:
+        table: The rows (paths and labels; no pixels).
+        name: Names the dataset, e.g. `sample:ferplus:filtered:50-per-class`.
+        source: Where the data lives (a path or URI).
+        context: The input's role, e.g. `training`.
+
+    Returns:
+        The dataset's digest.
+    """
+    with warnings.catch_warnings():
+        # A local path matches two registered source types that are the same class; MLflow warns and picks it.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_pandas(table.reset_index(drop=True), source=str(source), name=name,
+                                          targets="label" if "label" in table else None)
+    mlflow.log_input(dataset, context=context)
+    return str(dataset.digest)
 
 
 def log_to_run(run_id: str, metrics: Mapping[str, float], artifacts: Sequence[str | os.PathLike[str]] = (),

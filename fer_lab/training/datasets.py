@@ -110,6 +110,33 @@ def make_split(rows: pd.DataFrame, pixels: np.ndarray, classes: Sequence[str], *
     return Split(np.ascontiguousarray(pixels, dtype=np.uint8), targets, per_image)
 
 
+def per_class_subset(rows: pd.DataFrame, per_class: int, seed: int = 0) -> pd.DataFrame:
+    """Keep at most `per_class` training images of each class (a seeded draw); other splits stay whole.
+
+    "I have 50 labelled faces per class" as one parameter: the same seed draws the same images, so
+    every arm of an experiment trains on the same subset.
+
+    Args:
+        rows: Manifest rows with `split` and `label`.
+        per_class: Training images kept per class; 0 keeps them all.
+        seed: Seeds the draw.
+
+    Returns:
+        The kept rows in their original order, index reset.
+    """
+    if per_class < 0:
+        raise FerLabError(f"per_class must be >= 0 (0: all training images), not {per_class}")
+    if per_class == 0:
+        return rows.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    train = rows[rows["split"] == "train"]
+    dropped = []
+    for label in sorted(train["label"].unique()):
+        members = train.index[train["label"] == label].to_numpy()
+        dropped.extend(rng.permutation(members)[per_class:])
+    return rows.drop(index=dropped).reset_index(drop=True)
+
+
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
     """Full batches per epoch (the remainder is dropped, so every step has the same shape)."""
     return max(1, num_images // batch_size)

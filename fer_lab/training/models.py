@@ -3,7 +3,9 @@
 Every model takes float32 grayscale pixels (N, 48, 48, 1) in 0..255 and returns softmax
 probabilities. Resizing to the backbone's resolution, the gray->RGB repeat and the scaling each
 backbone expects all happen inside the model, so a saved model needs no outside preprocessing
-and only built-in Keras layers (it loads anywhere, without fer_lab).
+and only built-in Keras layers (it loads anywhere, without fer_lab). With `weights` naming a fer-lab model
+(run, registered model or .keras file), the backbone and its weights come from that model and only the
+head is new: fine-tuning a FER2013 model on other data and other classes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Callable
 import keras
 from keras import layers
 
-from fer_lab.errors import FerLabError
+from fer_lab.errors import ConfigError, FerLabError
 
 INPUT_SIZE = 48
 CNN_BACKBONE = "cnn"
@@ -115,7 +117,7 @@ class ModelConfig:
 
     backbone: str = "efficientnetb2"
     image_size: int = INPUT_SIZE  # resolution the backbone sees; the model input stays 48x48
-    weights: str = "none"  # imagenet | none | path to a backbone weights file (.h5)
+    weights: str = "none"  # imagenet | none | a backbone weights file (.h5) | a fer-lab model reference
     head: HeadConfig = field(default_factory=HeadConfig)
     cnn: CnnConfig = field(default_factory=CnnConfig)
     resnet: ResnetConfig = field(default_factory=ResnetConfig)
@@ -126,7 +128,7 @@ class ModelConfig:
 
 
 def normalise_weights(weights: str | None) -> str | None:
-    """`imagenet`, a file path, or None for random initialisation."""
+    """`imagenet`, a file path or model reference, or None for random initialisation."""
     if weights is None or str(weights).strip().lower() in ("", "none", "null", "random"):
         return None
     return "imagenet" if str(weights).strip().lower() == "imagenet" else str(weights)
@@ -141,6 +143,8 @@ def build_model(config: ModelConfig, num_classes: int, input_size: int = INPUT_S
     if config.image_size < 32:
         raise FerLabError(f"image_size must be at least 32 pixels, not {config.image_size}")
     weights = resolve_weights(config.backbone, config.weights)
+    if weights is not None and is_model_reference(weights):
+        return _transfer(config, weights, num_classes, input_size, seed)
     keras.utils.set_random_seed(seed)
 
     pixels = keras.Input((input_size, input_size, 1), name="pixels")
@@ -157,6 +161,42 @@ def build_model(config: ModelConfig, num_classes: int, input_size: int = INPUT_S
     x = backbone(x)
     x = _head(x, config.head, num_classes)
     return keras.Model(pixels, x, name=f"fer_{config.backbone}")
+
+
+def is_model_reference(weights: str) -> bool:
+    """Whether `weights` names a trained model (run, registered model, .keras file) rather than weights."""
+    from fer_lab import tracking
+
+    return tracking.is_reference(weights)
+
+
+def _transfer(config: ModelConfig, reference: str, num_classes: int, input_size: int, seed: int) -> keras.Model:
+    """A new classifier on the backbone (and its weights) of the model `reference` names, with a fresh head.
+
+    The head is built for `num_classes`, which need not be the parent's classes (FER+ adds contempt;
+    another dataset may lack neutral). The backbone's family and resolution must be what `config` says,
+    so the run's parameters describe the model it trains.
+    """
+    from fer_lab import tracking
+
+    parent, _, _ = tracking.load_reference(reference)
+    family = parent.name.removeprefix("fer_")
+    if family not in BACKBONES:
+        raise ConfigError(f"weights {reference!r}: model {parent.name!r} was not built by fer-lab (no fer_<backbone> name)")
+    backbone = backbone_of(parent)
+    size, channels = int(backbone.input_shape[1]), int(backbone.input_shape[-1])
+    if (family, size) != (config.backbone, config.image_size):
+        raise ConfigError(f"weights {reference!r} is a {family} backbone at {size} px; set backbone={family} and "
+                          f"image_size={size} (not {config.backbone} at {config.image_size} px)")
+    keras.utils.set_random_seed(seed)
+    pixels = keras.Input((input_size, input_size, 1), name="pixels")
+    x = pixels
+    if size != input_size:
+        x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
+    if channels == 3:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    x = _head(backbone(x), config.head, num_classes)
+    return keras.Model(pixels, x, name=f"fer_{family}")
 
 
 def _efficientnet(backbone: str, image_size: int, weights: str | None) -> keras.Model:
@@ -279,10 +319,13 @@ def resolve_weights(backbone: str, weights: str | None, *, base_url: str | None 
     weights = normalise_weights(weights)
     if weights is None:
         return None
+    if is_model_reference(weights):
+        return weights  # loaded, and checked, by the model build
     if weights != "imagenet":
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FerLabError(f"weights file {path} not found (weights = imagenet | none | a path to a .h5 file)")
+            raise FerLabError(f"weights file {path} not found (weights: imagenet, none, a .h5 file, or a model: "
+                              "run id, runs:/ID/model, models:/NAME@ALIAS, models:/NAME/VERSION, .keras file)")
         if backbone in (CNN_BACKBONE, RESNET_BACKBONE):
             raise FerLabError(f"the {backbone} backbone takes no weights file; use weights=none")
         return str(path.resolve())
@@ -335,6 +378,9 @@ def describe(config: ModelConfig) -> str:
         base += f" widths={list(config.cnn.widths)}x{config.cnn.convs_per_block}"
     elif config.backbone == RESNET_BACKBONE:
         base += f" widths={list(config.resnet.widths)} blocks={list(config.resnet.blocks)}"
-    return f"{base}, weights={normalise_weights(config.weights) or 'none'}, head={config.head.pooling}" + (
+    weights = normalise_weights(config.weights) or "none"
+    if is_model_reference(weights):
+        base, weights = f"{config.backbone}@{config.image_size}px", f"backbone of {weights}"
+    return f"{base}, weights={weights}, head={config.head.pooling}" + (
         f"+dense{list(config.head.dense)}" if config.head.dense else ""
     )

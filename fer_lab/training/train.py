@@ -33,6 +33,7 @@ STATE_FILE = "state.json"
 LAST_MODEL = "last.keras"
 BEST_MODEL = "best.keras"
 EMA_FILE = "ema.npz"
+LABELS_FILE = "labels.json"  # the class labels beside the checkpoints, as `tracking.load_reference` reads them
 FILTERED_MANIFEST = "filtered_manifest.csv"
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
@@ -184,9 +185,12 @@ def train(
     average = ema.WeightAverage(model, config.ema) if config.ema else None
     if average is not None and completed:
         average.load(checkpoint_dir / EMA_FILE)
+    (checkpoint_dir / LABELS_FILE).write_text(json.dumps({"labels": labels}))  # best.keras is then a model reference
     if active:
         tracking.set_tags({"schedule": config.schedule.describe(), "total_epochs": str(total_epochs),
                            "model": models.describe(config.model)})
+        if models.is_model_reference(config.model.weights):
+            tracking.log_lineage(config.model.weights)
 
     compiles = 0
     for planned in plan:

@@ -1,0 +1,172 @@
+"""Export a fer-lab model for deployment: an ONNX or TFLite file that runs without fer-lab, and its contract.
+
+Beside the model file goes a JSON contract: the class labels in output order, the input (float32
+grayscale pixels 0..255, NHWC, the face cropped as the training images frame it) and the output
+(softmax probabilities), where the model came from, and how closely the exported file reproduced the
+Keras model's probabilities on a fixed probe batch when it was written. ONNX goes through Keras'
+own exporter (tf2onnx); TFLite through Keras' LiteRT exporter with TFLite built-in ops only, so the
+file runs in the plain interpreter (`ai_edge_litert`); `quantize` stores its weights as int8
+(dynamic-range quantization: no calibration data needed, activations stay float).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fer_lab import __version__
+from fer_lab._shared import one_line, write_atomic
+from fer_lab.apply import inference
+from fer_lab.errors import ConfigError
+
+FORMATS = ("onnx", "tflite")
+PROBE_IMAGES = 32  # images of the probe batch the parity is measured on
+MODEL_STEM = "model"
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What `export_model` wrote."""
+
+    model_file: Path
+    contract_file: Path
+    contract: dict[str, Any]
+
+
+def export_model(reference: str, fmt: str, out_dir: str | os.PathLike[str], *, quantize: bool = False,
+                 tracking_uri: str = "") -> Exported:
+    """Write model `reference` as `<out_dir>/model.onnx` or `model.tflite`, with `model.json` beside it.
+
+    Args:
+        reference: Any model reference (`fer_lab.tracking.resolve_model`).
+        fmt: onnx or tflite.
+        out_dir: The folder to write to (created).
+        quantize: int8 weights (tflite only).
+        tracking_uri: The store; empty: $MLFLOW_TRACKING_URI, else the project's.
+
+    Returns:
+        The files written and the contract.
+    """
+    from fer_lab import tracking
+
+    fmt = str(fmt).lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"format {fmt!r}: choose {' or '.join(FORMATS)}")
+    if quantize and fmt != "tflite":
+        raise ConfigError("--quantize applies to tflite; ONNX is exported in float32")
+    loaded = inference.load_model(reference, tracking_uri)
+    ref = tracking.resolve_model(reference)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_file = out / f"{MODEL_STEM}.{fmt}"
+    probe = probe_batch(loaded.input_size)
+    # Before the export: Keras' exporters refuse a loaded model that has never been called.
+    expected = np.asarray(loaded.model.predict(probe, verbose=0), dtype=np.float64)
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+        partial = Path(scratch) / model_file.name
+        try:
+            _write(loaded.model, fmt, partial, quantize)
+        except Exception as error:  # converters raise many types; the message says which step failed
+            raise ConfigError(f"cannot export {reference!r} to {fmt}: {one_line(error)[:300]}") from error
+        os.replace(partial, model_file)
+    got = run_exported(model_file, probe)
+    contract = {
+        "format": fmt, "quantized": bool(quantize), "file": model_file.name,
+        "labels": list(loaded.labels),
+        "input": {"shape": [None, loaded.input_size, loaded.input_size, 1], "dtype": "float32", "layout": "NHWC",
+                  "range": [0, 255], "color": "grayscale",
+                  "crop": {"scale": inference.FER2013_SCALE, "lift": inference.FER2013_LIFT,
+                           "meaning": "square crop side = scale x face box side, its centre lift x box side above "
+                                      "the box centre (dlib HOG boxes), resized to the input size"}},
+        "output": {"shape": [None, len(loaded.labels)], "dtype": "float32", "meaning": "softmax probabilities"},
+        "source": {"reference": ref.reference, "run_id": ref.run_id, "name": ref.name, "version": ref.version,
+                   "fer_lab_version": __version__},
+        "parity": {"probe_images": PROBE_IMAGES, "max_abs_diff": float(np.abs(got - expected).max()),
+                   "same_class": float((got.argmax(1) == expected.argmax(1)).mean())},
+    }
+    contract_file = out / f"{MODEL_STEM}.json"
+    write_atomic(contract_file, json.dumps(contract, indent=1) + "\n")
+    return Exported(model_file, contract_file, contract)
+
+
+def _write(model: Any, fmt: str, path: Path, quantize: bool) -> None:
+    if fmt == "onnx":
+        model.export(str(path), format="onnx", verbose=False)
+        return
+    import tensorflow as tf
+
+    options: dict[str, Any] = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if quantize:
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    model.export(str(path), format="litert", verbose=False, **options)
+
+
+def probe_batch(size: int, images: int = PROBE_IMAGES, seed: int = 0) -> np.ndarray:
+    """A fixed batch of smooth random float32 images (N, size, size, 1) in 0..255, for parity checks."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (images, 6, 6)).astype(np.float32)
+    import tensorflow as tf
+
+    smooth = tf.image.resize(coarse[..., None], (size, size), method="bilinear").numpy()
+    return np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255).astype(np.float32)
+
+
+def run_exported(model_file: str | os.PathLike[str], pixels: np.ndarray) -> np.ndarray:
+    """Probabilities of an exported file on float32 pixels (N, size, size, 1), in its own runtime.
+
+    Args:
+        model_file: A `.onnx` or `.tflite` file written by `export_model`.
+        pixels: float32 (N, size, size, 1) in 0..255.
+
+    Returns:
+        (N, classes) float64 probabilities.
+    """
+    return exported_predictor(model_file)(pixels)
+
+
+def exported_predictor(model_file: str | os.PathLike[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from float32 pixels (N, size, size, 1) to float64 probabilities, for an exported file.
+
+    ONNX runs in ONNX Runtime, TFLite in the LiteRT interpreter: what a deployment without fer-lab uses.
+    The session or interpreter is created once and kept, so repeated calls measure inference alone.
+
+    Args:
+        model_file: A `.onnx` or `.tflite` file written by `export_model`.
+
+    Returns:
+        The predictor.
+    """
+    path = Path(model_file)
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda pixels: np.asarray(session.run(None, {name: np.ascontiguousarray(pixels, np.float32)})[0],
+                                         dtype=np.float64)
+    if path.suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path))
+        given = interpreter.get_input_details()[0]
+        output = interpreter.get_output_details()[0]["index"]
+        shape: list[tuple[int, ...]] = [()]
+
+        def predict(pixels: np.ndarray) -> np.ndarray:
+            pixels = np.ascontiguousarray(pixels, np.float32)
+            if pixels.shape != shape[0]:  # the interpreter is sized for one batch shape at a time
+                interpreter.resize_tensor_input(given["index"], pixels.shape)
+                interpreter.allocate_tensors()
+                shape[0] = pixels.shape
+            interpreter.set_tensor(given["index"], pixels)
+            interpreter.invoke()
+            return np.asarray(interpreter.get_tensor(output), dtype=np.float64)
+
+        return predict
+    raise ConfigError(f"{path}: not an exported model (.onnx or .tflite)")

@@ -1,0 +1,69 @@
+"""Exported models: ONNX and TFLite files that reproduce the Keras model's probabilities without fer-lab."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fer_lab import cli, data, tracking
+from fer_lab.apply import export
+from fer_lab.errors import ConfigError
+
+ONNX_WITHOUT_FER_LAB = """
+import json, sys
+import numpy as np
+import onnxruntime
+contract = json.load(open(sys.argv[1] + "/model.json"))
+session = onnxruntime.InferenceSession(sys.argv[1] + "/" + contract["file"])
+pixels = np.load(sys.argv[2])
+probabilities = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+assert "fer_lab" not in sys.modules
+print(json.dumps([contract["labels"][i] for i in probabilities.argmax(1)]))
+"""
+
+
+@pytest.fixture(scope="module")
+def sample_faces(sample_dir) -> np.ndarray:
+    """The sample's test images as the model takes them: float32 (N, 48, 48, 1) pixels 0..255."""
+    manifest = data.build_manifest(sample_dir)
+    rows = manifest[manifest["readable"] & (manifest["split"] == "test")].reset_index(drop=True)
+    return data.load_pixels(sample_dir, rows)[..., None].astype(np.float32)
+
+
+def test_onnx_matches_keras_and_runs_without_fer_lab(base_model_store, sample_faces, tmp_path, capsys) -> None:
+    uri, run_id = base_model_store
+    assert cli.main(["export", run_id, "--format", "onnx", "--out", str(tmp_path), "--tracking-uri", uri]) == 0
+    assert "model.onnx" in capsys.readouterr().out
+    contract = json.loads((tmp_path / "model.json").read_text())
+    assert contract["input"]["shape"] == [None, 48, 48, 1] and contract["source"]["run_id"] == run_id
+    assert contract["labels"] == ["angry", "disgust", "fear", "happy", "sad", "surprise"]
+    assert contract["parity"]["max_abs_diff"] <= 1e-4 and contract["parity"]["same_class"] == 1.0
+    keras_model, labels, _ = tracking.load_reference(run_id)
+    expected = keras_model.predict(sample_faces, verbose=0)
+    onnx = export.run_exported(tmp_path / "model.onnx", sample_faces)
+    assert np.abs(onnx - expected).max() <= 1e-4
+    np.save(tmp_path / "faces.npy", sample_faces)
+    predicted = subprocess.run([sys.executable, "-I", "-c", ONNX_WITHOUT_FER_LAB, str(tmp_path),
+                                str(tmp_path / "faces.npy")], capture_output=True, text=True, check=True)
+    assert json.loads(predicted.stdout) == [labels[i] for i in expected.argmax(1)]
+
+
+def test_tflite_float_and_quantized(base_model_store, sample_faces, tmp_path) -> None:
+    uri, run_id = base_model_store
+    tracking.configure(uri)
+    keras_model, _, _ = tracking.load_reference(run_id)
+    expected = keras_model.predict(sample_faces, verbose=0)
+    exported = export.export_model(run_id, "tflite", tmp_path / "float", tracking_uri=uri)
+    assert np.abs(export.run_exported(exported.model_file, sample_faces) - expected).max() <= 1e-4
+    quantized = export.export_model(run_id, "tflite", tmp_path / "int8", quantize=True, tracking_uri=uri)
+    assert quantized.contract["quantized"] and quantized.model_file.stat().st_size < exported.model_file.stat().st_size
+    agreement = (export.run_exported(quantized.model_file, sample_faces).argmax(1) == expected.argmax(1)).mean()
+    assert agreement >= 0.9
+    with pytest.raises(ConfigError, match="--quantize applies to tflite"):
+        export.export_model(run_id, "onnx", tmp_path / "x", quantize=True, tracking_uri=uri)
+    with pytest.raises(ConfigError, match="format 'pb'"):
+        export.export_model(run_id, "pb", tmp_path / "x", tracking_uri=uri)
