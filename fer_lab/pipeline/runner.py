@@ -211,6 +211,9 @@ def run_pipeline(
     planned = plan_parameters(notebooks, params)
 
     experiment_id = tracking.experiment_id(experiment, uri)
+    orphans = tracking.fail_orphaned_runs(experiment_id)
+    if orphans:
+        log(f"{len(orphans)} run(s) left RUNNING by a killed process marked FAILED: {', '.join(orphans)}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     parent_id = tracking.create_run(
         experiment_id, f"pipeline-{stamp}",
