@@ -79,6 +79,12 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from fer_lab.tracking import ui
+
+    return ui.serve_ui(args.tracking_uri, host=args.host, port=args.port)
+
+
 def _manifest(args: argparse.Namespace) -> int:
     from fer_lab import data
 
@@ -161,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--crop-lift", type=float, default=None,
                          help="crop centre above the box centre, in box sides (default: FER2013's)")
     predict.set_defaults(handler=_predict)
+
+    ui = commands.add_parser("ui", help="the MLflow UI; Ctrl-C stops it and every process it started")
+    ui.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to serve (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.set_defaults(handler=_ui)
 
     manifest = commands.add_parser("manifest", help="list a dataset (fer2013.csv, image folders) as a manifest CSV")
     manifest.add_argument("path", help="fer2013.csv(.gz), a folder holding one, or a folder of class/split folders")
