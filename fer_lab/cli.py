@@ -58,24 +58,37 @@ def _predict(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fer_lab.apply import inference, video
+    from fer_lab.apply import crops, inference, video
 
+    if args.crops and video.is_video(args.path):
+        raise FerLabError(f"{args.path}: --crops classifies image files of face crops, not videos")
     reference = args.model or inference.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)
     loaded = inference.load_model(reference, args.tracking_uri)
-    print(f"model: {reference} ({len(loaded.labels)} classes)")
-    fer2013 = inference.Framing()
-    framing = inference.Framing(args.crop_scale or fer2013.scale, fer2013.lift if args.crop_lift is None else args.crop_lift)
-    result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
-                                threshold=args.threshold, framing=framing, sample_fps=args.fps,
-                                detect_every=args.detect_every, progress=True)
+    chosen = "" if args.model else f", the latest finished 03_train run with a model in experiment {args.experiment!r}"
+    print(f"model: {reference} ({len(loaded.labels)} classes{chosen})")
+    if args.crops:
+        result = crops.predict_crops(loaded, inference.image_files(args.path), progress=True)
+        if args.out:
+            result.save(args.out)
+    else:
+        fer2013 = inference.Framing()
+        framing = inference.Framing(args.crop_scale or fer2013.scale,
+                                    fer2013.lift if args.crop_lift is None else args.crop_lift)
+        result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
+                                    threshold=args.threshold, framing=framing, sample_fps=args.fps,
+                                    detect_every=args.detect_every, progress=True)
     print(video.result_text(result))
     if args.out:
         print(f"written to {args.out}")
     for line in (result.warnings if isinstance(result, video.VideoAnalysis) else result.messages()):
         print(f"warning: {line}", file=sys.stderr)
-    if isinstance(result, inference.ImagePredictions) and not (result.table["error"] == "").any():
-        print(f"error: none of the images under {args.path} could be read", file=sys.stderr)
-        return 2
+    if isinstance(result, inference.ImagePredictions):
+        if not (result.table["error"] == "").any():
+            print(f"error: none of the images under {args.path} could be read", file=sys.stderr)
+            return 2
+        hint = crops.crop_hint(result)
+        if hint:
+            print(f"note: {hint}", file=sys.stderr)
     return 0
 
 
@@ -166,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: FER2013's; 06_apply prints the value measured on its dataset)")
     predict.add_argument("--crop-lift", type=float, default=None,
                          help="crop centre above the box centre, in box sides (default: FER2013's)")
+    predict.add_argument("--crops", action="store_true",
+                         help="the images are face crops (such as FER2013's 48 px images): classify each whole "
+                              "image as one face, without face detection")
     predict.set_defaults(handler=_predict)
 
     ui = commands.add_parser("ui", help="the MLflow UI; Ctrl-C stops it and every process it started")

@@ -424,8 +424,8 @@ class ImagePredictions:
         readable = self.table.loc[self.table["error"] == "", "path"].nunique()
         if readable and self.faces.empty:
             lines.append(f"no faces found in any of the {readable} readable images; the detector needs faces of "
-                         "about 80 px and more in photos or frames: classify face crops such as FER2013's 48 px "
-                         "images directly (04_evaluate, fer_lab.training.predict)")
+                         "about 80 px and more in photos or frames; face crops such as FER2013's 48 px images "
+                         "are classified directly with fer-lab predict PATH --crops")
         return lines
 
     def annotated(self, path: str | os.PathLike[str]) -> np.ndarray:

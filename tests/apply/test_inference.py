@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -220,3 +221,34 @@ def test_cli_predict_writes_table(model_store: tuple[str, str, str], tmp_path: P
     assert capsys.readouterr().err.strip().count("\n") == 0
     assert cli.main(["predict", str(folder / "notes.jpg"), "--model", run_id, "--tracking-uri", uri]) == 2
     assert "error: none of the images" in capsys.readouterr().err  # an unreadable image is a failure, not a warning
+
+
+def test_cli_predict_on_face_crops_says_so_and_classifies_them_with_crops(
+        model_store: tuple[str, str, str], sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri, _, run_id = model_store
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for path in inference.image_files(sample_dir / "test")[:3]:  # FER2013-like 48 px face crops
+        shutil.copy(path, folder / path.name)
+    # without --model: the latest training run, named
+    assert cli.main(["predict", str(folder), "--experiment", EXPERIMENT, "--tracking-uri", uri]) == 0
+    printed = capsys.readouterr()
+    assert f"model: {run_id} (7 classes, the latest finished 03_train run with a model" in printed.out
+    assert "looks like a face crop, not a photo (3 of 3 readable images" in printed.err
+    assert "fer-lab predict PATH --crops" in printed.err
+
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(folder), "--crops", "--model", run_id, "--tracking-uri", uri,
+                     "--out", str(out)]) == 0
+    assert "looks like a face crop" not in capsys.readouterr().err
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == 3 and table["face"].notna().all() and (table["label"].isin(data.CLASSES)).all()
+    assert (table[["x0", "y0", "x1", "y1"]].to_numpy() == [0, 0, 48, 48]).all()
+    assert np.allclose(table[inference.probability_columns(data.CLASSES)].sum(axis=1), 1, atol=1e-4)
+
+    (folder / "broken.png").write_bytes(b"not a png")
+    assert cli.main(["predict", str(folder / "broken.png"), "--crops", "--model", run_id, "--tracking-uri", uri]) == 2
+    assert "error: none of the images" in capsys.readouterr().err
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    assert cli.main(["predict", str(tmp_path / "clip.mp4"), "--crops", "--model", run_id, "--tracking-uri", uri]) == 2
+    assert "--crops classifies image files" in capsys.readouterr().err
