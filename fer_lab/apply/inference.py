@@ -211,21 +211,23 @@ class LoadedModel:
 def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
     """Load a model from an MLflow run id, a model URI (`runs:/<id>/model`, `models:/name/1`) or a local model folder.
 
-    Run ids go through `fer_lab.tracking.load_run_model`, the loader every notebook uses; other URIs
-    through `fer_lab.tracking.load_model` with the labels from the model's metadata.
+    A run's model in a local sqlite store is read from disk without starting MLflow (`tracking.local`); other
+    run ids go through `tracking.load_run_model`, other URIs through `tracking.load_model`.
     """
     from fer_lab import tracking
+    from fer_lab.tracking import local
 
     reference = reference.strip()
     if not reference:
         raise FerLabError("no model given: pass a run id or a model URI such as runs:/<run id>/model")
-    tracking.configure(tracking_uri)
     run_match = _RUN_ID.match(reference) or _RUNS_URI.match(reference)
-    if run_match:
-        run_id = run_match.group(1) if run_match.re is _RUNS_URI else reference
-        model, labels = tracking.load_run_model(run_id)
-    else:
-        model, labels = _load_uri(reference)
+    run_id = (run_match.group(1) if run_match.re is _RUNS_URI else reference) if run_match else ""
+    folder = local.local_model_dir(run_id, tracking_uri) if run_id else None
+    found = local.load_local_model(folder) if folder else None
+    if found and found[1].get("labels"):
+        return _checked(found[0], tuple(found[1]["labels"]), reference)
+    tracking.configure(tracking_uri)
+    model, labels = tracking.load_run_model(run_id) if run_id else _load_uri(reference)
     return _checked(model, tuple(labels), reference)
 
 

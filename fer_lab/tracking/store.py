@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from fer_lab import __version__, project
 from fer_lab._shared import chunks
 from fer_lab.errors import ConfigError
+from fer_lab.tracking.local import default_tracking_uri
 from fer_lab.tracking.owners import HOST_TAG, PID_TAG, owner_alive, owner_tags
 
 if TYPE_CHECKING:
@@ -34,11 +35,6 @@ METRICS_PER_REQUEST = 500  # MLflow accepts at most 1000 metrics per request
 
 
 # --- the store ----------------------------------------------------------------------------------
-def default_tracking_uri() -> str:
-    """The project's own store: an sqlite database with artifacts beside it under mlruns/."""
-    return f"sqlite:///{project.MLRUNS_DIR / 'mlflow.db'}"
-
-
 def configure(tracking_uri: str = "") -> str:
     """Point MLflow at `tracking_uri`, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()

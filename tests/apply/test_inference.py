@@ -252,3 +252,34 @@ def test_cli_predict_on_face_crops_says_so_and_classifies_them_with_crops(
     (tmp_path / "clip.mp4").write_bytes(b"")
     assert cli.main(["predict", str(tmp_path / "clip.mp4"), "--crops", "--model", run_id, "--tracking-uri", uri]) == 2
     assert "--crops classifies image files" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_predict_starts_without_mlflow_and_without_tensorflow_noise(model_store: tuple[str, str, str],
+                                                                         tmp_path: Path) -> None:
+    """What `fer-lab predict photo --model REF` pays at start-up: a run's model in the local sqlite store is read
+    from disk, so MLflow (seconds of imports and store start-up) is never imported; TensorFlow starts quietly."""
+    import subprocess
+    import sys
+    import time
+
+    from fer_lab import _native, project
+
+    uri, _, run_id = model_store
+    photo = _save(skimage.data.astronaut(), tmp_path / "astronaut.png")
+    started = time.perf_counter()
+    finished = subprocess.run([sys.executable, "-X", "importtime", "-m", "fer_lab.cli", "predict", str(photo),
+                               "--model", run_id, "--tracking-uri", uri], capture_output=True, text=True,
+                              cwd=project.ROOT, timeout=300)
+    print(f"fer-lab predict, one photo: {time.perf_counter() - started:.1f} s with -X importtime")
+    assert finished.returncode == 0, finished.stderr
+    assert f"model: {run_id} (7 classes)" in finished.stdout and "astronaut.png" in finished.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in finished.stderr.splitlines() if line.startswith("import time")]
+    assert "tensorflow" in imported and not [name for name in imported if name.split(".")[0] == "mlflow"]
+    assert not [line for line in finished.stderr.splitlines() if _native.NOISE.match(line)]
+    fast = inference.load_model(run_id, uri)
+    model, labels = tracking.load_run_model(run_id, uri)
+    slow = inference.Predictor(inference.LoadedModel(model, tuple(labels), run_id))
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 48, 48), dtype=np.uint8)
+    assert fast.labels == slow.labels
+    assert np.allclose(inference.Predictor(fast).probabilities(pixels), slow.probabilities(pixels), atol=1e-6)
