@@ -41,7 +41,7 @@ lab: setup
 	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser notebooks
 
 ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/fer-lab ui --port 5000
 
 bench: setup  ## speed benchmarks; DATA=path to a real dataset (default ../shared/data/fer2013)
 	$(BIN)/python benchmarks/bench_faces.py --data $(or $(DATA),../shared/data/fer2013)

@@ -58,24 +58,37 @@ def _predict(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fer_lab.apply import inference, video
+    from fer_lab.apply import crops, inference, video
 
+    if args.crops and video.is_video(args.path):
+        raise FerLabError(f"{args.path}: --crops classifies image files of face crops, not videos")
     reference = args.model or inference.default_model_reference(args.experiment, tracking_uri=args.tracking_uri)
     loaded = inference.load_model(reference, args.tracking_uri)
-    print(f"model: {reference} ({len(loaded.labels)} classes)")
-    fer2013 = inference.Framing()
-    framing = inference.Framing(args.crop_scale or fer2013.scale, fer2013.lift if args.crop_lift is None else args.crop_lift)
-    result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
-                                threshold=args.threshold, framing=framing, sample_fps=args.fps,
-                                detect_every=args.detect_every, progress=True, detector=args.detector)
+    chosen = "" if args.model else f", the latest finished 03_train run with a model in experiment {args.experiment!r}"
+    print(f"model: {reference} ({len(loaded.labels)} classes{chosen})")
+    if args.crops:
+        result = crops.predict_crops(loaded, inference.image_files(args.path), progress=True)
+        if args.out:
+            result.save(args.out)
+    else:
+        fer2013 = inference.Framing()
+        framing = inference.Framing(args.crop_scale or fer2013.scale,
+                                    fer2013.lift if args.crop_lift is None else args.crop_lift)
+        result = video.analyze_path(args.path, loaded, out_dir=args.out, max_side=args.max_side,
+                                    threshold=args.threshold, framing=framing, sample_fps=args.fps,
+                                    detect_every=args.detect_every, progress=True, detector=args.detector)
     print(video.result_text(result))
     if args.out:
         print(f"written to {args.out}")
     for line in (result.warnings if isinstance(result, video.VideoAnalysis) else result.messages()):
         print(f"warning: {line}", file=sys.stderr)
-    if isinstance(result, inference.ImagePredictions) and not (result.table["error"] == "").any():
-        print(f"error: none of the images under {args.path} could be read", file=sys.stderr)
-        return 2
+    if isinstance(result, inference.ImagePredictions):
+        if not (result.table["error"] == "").any():
+            print(f"error: none of the images under {args.path} could be read", file=sys.stderr)
+            return 2
+        hint = crops.crop_hint(result)
+        if hint:
+            print(f"note: {hint}", file=sys.stderr)
     return 0
 
 
@@ -143,6 +156,12 @@ def _export(args: argparse.Namespace) -> int:
           f"{exported.contract_file}: {len(exported.contract['labels'])} classes; on {parity['probe_images']} probe "
           f"images max |p - p_keras| {parity['max_abs_diff']:.2e}, same class {parity['same_class']:.0%}")
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from fer_lab.tracking import ui
+
+    return ui.serve_ui(args.tracking_uri, host=args.host, port=args.port)
 
 
 def _manifest(args: argparse.Namespace) -> int:
@@ -230,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: FER2013's; 06_apply prints the value measured on its dataset)")
     predict.add_argument("--crop-lift", type=float, default=None,
                          help="crop centre above the box centre, in box sides (default: FER2013's)")
+    predict.add_argument("--crops", action="store_true",
+                         help="the images are face crops (such as FER2013's 48 px images): classify each whole "
+                              "image as one face, without face detection")
     predict.set_defaults(handler=_predict)
 
     study_ = commands.add_parser("study", help="a study: many recordings, participants and conditions, "
@@ -278,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder for model.<format> and model.json")
     export.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
     export.set_defaults(handler=_export)
+
+    ui = commands.add_parser("ui", help="the MLflow UI; Ctrl-C stops it and every process it started")
+    ui.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to serve (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.set_defaults(handler=_ui)
 
     manifest = commands.add_parser("manifest", help="list a dataset (fer2013.csv, image folders) as a manifest CSV")
     manifest.add_argument("path", help="fer2013.csv(.gz), a folder holding one, or a folder of class/split folders")

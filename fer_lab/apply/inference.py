@@ -42,6 +42,9 @@ FER2013_LIFT = 0.08
 FRAMING_MIN_SCORE = 0.0
 # Larger images are refused rather than decoded: 100 Mpx is several times any camera's output.
 MAX_PIXELS = 100_000_000
+# References `load_model` may read from disk without MLflow: a run id, or that run's logged model.
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_RUNS_URI = re.compile(r"^runs:/([0-9a-f]{32})/model/?$")
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,9 @@ class LoadedModel:
 def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
     """Load a model from any model reference `fer_lab.tracking.resolve_model` takes.
 
+    A run's model in a local sqlite store is read from disk without starting MLflow (`tracking.local`);
+    everything else goes through `tracking.load_reference`.
+
     Args:
         reference: A run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION`, an MLflow
             model folder or a `.keras` file written by fer-lab.
@@ -219,10 +225,20 @@ def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
         The model with its class labels, checked against the input and output contract.
     """
     from fer_lab import tracking
+    from fer_lab.tracking import local
 
+    reference = str(reference).strip()
+    if not reference:
+        raise FerLabError("no model given: pass a run id or a model reference such as runs:/<run id>/model")
+    run_match = _RUN_ID.match(reference) or _RUNS_URI.match(reference)
+    run_id = (run_match.group(1) if run_match.re is _RUNS_URI else reference) if run_match else ""
+    folder = local.local_model_dir(run_id, tracking_uri) if run_id else None
+    found = local.load_local_model(folder) if folder else None
+    if found and found[1].get("labels"):
+        return _checked(found[0], tuple(found[1]["labels"]), reference)
     tracking.configure(tracking_uri)
     model, labels, _ = tracking.load_reference(reference)
-    return _checked(model, tuple(labels), str(reference).strip())
+    return _checked(model, tuple(labels), reference)
 
 
 def _checked(model: Any, labels: tuple[str, ...], reference: str) -> LoadedModel:
@@ -408,8 +424,8 @@ class ImagePredictions:
         readable = self.table.loc[self.table["error"] == "", "path"].nunique()
         if readable and self.faces.empty:
             lines.append(f"no faces found in any of the {readable} readable images; the detector needs faces of "
-                         "about 80 px and more in photos or frames: classify face crops such as FER2013's 48 px "
-                         "images directly (04_evaluate, fer_lab.training.predict)")
+                         "about 80 px and more in photos or frames; face crops such as FER2013's 48 px images "
+                         "are classified directly with fer-lab predict PATH --crops")
         return lines
 
     def annotated(self, path: str | os.PathLike[str]) -> np.ndarray:

@@ -13,7 +13,7 @@ import yaml
 import zmq
 from traitlets.config import Config
 
-from fer_lab import project, tracking
+from fer_lab import _native, project, tracking
 from fer_lab.errors import ConfigError, DataError
 from fer_lab.pipeline import report
 from fer_lab.pipeline.notebook import declared_parameters
@@ -138,6 +138,28 @@ def _kernel_name() -> str:
     return "fer-lab" if "fer-lab" in find_kernel_specs() else "python3"
 
 
+def _drop_native_noise(notebook: Path) -> None:
+    """Remove TensorFlow's C++ start-up lines from the executed notebook's stderr outputs (a notebook that
+    imports TensorFlow itself, not through fer_lab's quiet start, still prints them)."""
+    import nbformat
+
+    executed = nbformat.read(notebook, as_version=4)
+    changed = False
+    for cell in (cell for cell in executed.cells if "outputs" in cell):
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                text = _native.drop_noise(output["text"])
+                changed |= text != output["text"]
+                if not text.strip():
+                    continue
+                output["text"] = text
+            kept.append(output)
+        cell["outputs"] = kept
+    if changed:
+        nbformat.write(executed, notebook)
+
+
 def _export_html(notebook: Path) -> Path:
     from nbconvert import HTMLExporter
 
@@ -211,6 +233,9 @@ def run_pipeline(
     planned = plan_parameters(notebooks, params)
 
     experiment_id = tracking.experiment_id(experiment, uri)
+    orphans = tracking.fail_orphaned_runs(experiment_id)
+    if orphans:
+        log(f"{len(orphans)} run(s) left RUNNING by a killed process marked FAILED: {', '.join(orphans)}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     parent_id = tracking.create_run(
         experiment_id, f"pipeline-{stamp}",
@@ -254,6 +279,8 @@ def run_pipeline(
         except Exception as failure:  # a kernel that died or never started still gets reported, not raised
             error = f"{type(failure).__name__}: {failure}"
         seconds = time.perf_counter() - started
+        if output.exists():
+            _drop_native_noise(output)
         html_path = _export_html(output) if output.exists() else None
         run_id = tracking.notebook_run(experiment_id, parent_id, name)
         for artifact in (output, html_path):

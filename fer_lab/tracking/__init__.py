@@ -3,100 +3,40 @@
 Every other module reaches MLflow through this package (`from fer_lab import tracking`), so MLflow's API,
 its search syntax and the model flavour are handled here once. A base package: it knows notebooks only by
 their runs' `notebook` tag.
+
+Importing the package costs nothing: each name loads its module, and MLflow with it, on first use, so
+`fer-lab predict` reading a local model (`local.py`) never starts MLflow.
 """
 
-from fer_lab.tracking.lookup import (
-    find_runs,
-    load_csv_artifact,
-    metric_history,
-    resolve_training_run,
-    run_params,
-    training_run_of,
-)
-from fer_lab.tracking.models import (
-    load_model,
-    load_run_model,
-    log_model,
-)
-from fer_lab.tracking.registry import ModelRef, is_reference, log_lineage
-from fer_lab.tracking.registry import load as load_reference
-from fer_lab.tracking.registry import register as register_model
-from fer_lab.tracking.registry import resolve as resolve_model
-from fer_lab.tracking.store import (
-    DEFAULT_EXPERIMENT,
-    METRICS_PER_REQUEST,
-    MODEL_ARTIFACT,
-    PROGRESS_BAR_VARIABLE,
-    TRAIN_NOTEBOOK,
-    UNFINISHED,
-    active_parent_run_id,
-    active_run_id,
-    base_tags,
-    configure,
-    create_run,
-    default_tracking_uri,
-    experiment_id,
-    finish_run,
-    git_commit,
-    log_artifact,
-    log_artifacts,
-    log_dataset,
-    log_figure,
-    log_metrics,
-    log_params,
-    log_table,
-    log_to_run,
-    notebook_run,
-    quoted,
-    search_filter,
-    set_tags,
-    start_notebook_run,
-    tag_dataset,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_EXPERIMENT",
-    "METRICS_PER_REQUEST",
-    "MODEL_ARTIFACT",
-    "ModelRef",
-    "PROGRESS_BAR_VARIABLE",
-    "TRAIN_NOTEBOOK",
-    "UNFINISHED",
-    "active_parent_run_id",
-    "active_run_id",
-    "base_tags",
-    "configure",
-    "create_run",
-    "default_tracking_uri",
-    "experiment_id",
-    "find_runs",
-    "finish_run",
-    "git_commit",
-    "is_reference",
-    "load_csv_artifact",
-    "load_model",
-    "load_reference",
-    "load_run_model",
-    "log_artifact",
-    "log_artifacts",
-    "log_dataset",
-    "log_figure",
-    "log_lineage",
-    "log_metrics",
-    "log_model",
-    "log_params",
-    "log_table",
-    "log_to_run",
-    "metric_history",
-    "notebook_run",
-    "quoted",
-    "register_model",
-    "resolve_model",
-    "resolve_training_run",
-    "run_params",
-    "search_filter",
-    "set_tags",
-    "start_notebook_run",
-    "tag_dataset",
-    "training_run_of",
-]
+from importlib import import_module
+from typing import Any
+
+# name -> the module of this package that defines it (`module:attribute` where the name differs)
+_EXPORTS = {
+    "find_runs": "lookup", "load_csv_artifact": "lookup", "metric_history": "lookup",
+    "resolve_training_run": "lookup", "run_params": "lookup", "training_run_of": "lookup",
+    "load_model": "models", "load_run_model": "models", "log_model": "models",
+    "DEFAULT_EXPERIMENT": "store", "METRICS_PER_REQUEST": "store", "MODEL_ARTIFACT": "store",
+    "PROGRESS_BAR_VARIABLE": "store", "TRAIN_NOTEBOOK": "store", "UNFINISHED": "store",
+    "active_parent_run_id": "store", "active_run_id": "store", "base_tags": "store", "configure": "store",
+    "create_run": "store", "default_tracking_uri": "store", "experiment_id": "store",
+    "fail_orphaned_runs": "store", "finish_run": "store", "git_commit": "store", "log_artifact": "store",
+    "log_artifacts": "store", "log_figure": "store", "log_metrics": "store", "log_params": "store",
+    "log_table": "store", "log_to_run": "store", "notebook_run": "store", "quoted": "store",
+    "search_filter": "store", "set_tags": "store", "start_notebook_run": "store", "tag_dataset": "store",
+    "log_dataset": "store", "ModelRef": "registry", "is_reference": "registry", "log_lineage": "registry",
+    "load_reference": "registry:load", "register_model": "registry:register", "resolve_model": "registry:resolve",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """`name` from the module that defines it, imported on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, attribute = _EXPORTS[name].partition(":")
+    value = getattr(import_module(f"{__name__}.{module}"), attribute or name)
+    globals()[name] = value
+    return value

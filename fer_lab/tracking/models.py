@@ -8,6 +8,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
+from fer_lab._native import import_tensorflow
 from fer_lab._shared import one_line
 from fer_lab.errors import ConfigError
 from fer_lab.tracking.store import MODEL_ARTIFACT, configure
@@ -18,8 +19,8 @@ def log_model(model: Any, labels: Sequence[str]) -> str:
 
     Its signature is the model's input, (N, size, size, 1) float32 pixels, and the class probabilities.
     """
+    tf = import_tensorflow()
     import keras
-    import tensorflow as tf
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
@@ -40,6 +41,7 @@ def log_model(model: Any, labels: Sequence[str]) -> str:
 
 def load_model(uri: str, failure: str = "") -> tuple[Any, dict[str, Any]]:
     """A Keras model from any MLflow model URI (`runs:/`, `models:/`, a folder) and its metadata."""
+    import_tensorflow()
     try:
         info = mlflow.models.get_model_info(uri)
         model = mlflow.keras.load_model(uri)

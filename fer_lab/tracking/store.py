@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,8 @@ from mlflow.tracking import MlflowClient
 from fer_lab import __version__, project
 from fer_lab._shared import chunks
 from fer_lab.errors import ConfigError
+from fer_lab.tracking.local import default_tracking_uri
+from fer_lab.tracking.owners import HOST_TAG, PID_TAG, owner_alive, owner_tags
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,11 +36,6 @@ METRICS_PER_REQUEST = 500  # MLflow accepts at most 1000 metrics per request
 
 
 # --- the store ----------------------------------------------------------------------------------
-def default_tracking_uri() -> str:
-    """The project's own store: an sqlite database with artifacts beside it under mlruns/."""
-    return f"sqlite:///{project.MLRUNS_DIR / 'mlflow.db'}"
-
-
 def configure(tracking_uri: str = "") -> str:
     """Point MLflow at `tracking_uri`, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
@@ -81,8 +79,9 @@ def git_commit() -> str:
 
 
 def base_tags() -> dict[str, str]:
-    """Tags every fer-lab run carries, so a number can be traced back to its code."""
-    return {"git_commit": git_commit(), "fer_lab_version": __version__}
+    """Tags every fer-lab run carries: its code, so a number can be traced back to it, and the process that
+    owns the run (see `fail_orphaned_runs`)."""
+    return {"git_commit": git_commit(), "fer_lab_version": __version__, **owner_tags()}
 
 
 # --- search filters ---------------------------------------------------------------------------
@@ -212,6 +211,39 @@ def finish_run(run_id: str, ok: bool, status: str = "") -> None:
     """Set a run's final status: FINISHED or FAILED by `ok`, or `status` (KILLED for an interrupt)."""
     status = status or RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
     MlflowClient().set_terminated(run_id, status=status)
+
+
+def fail_orphaned_runs(exp_id: str) -> list[str]:
+    """End as FAILED the RUNNING runs of `exp_id` whose owning process on this host is gone (`kill -9`).
+
+    A run whose parent is still RUNNING under a live process is left alone: its pipeline ends it.
+
+    Args:
+        exp_id: The experiment searched.
+
+    Returns:
+        The ids of the runs marked FAILED, each tagged `fer_lab.orphaned` with the reason.
+    """
+    client = MlflowClient()
+    mine = search_filter(tags={HOST_TAG: socket.gethostname()})
+    running = {run.info.run_id: run
+               for run in client.search_runs([exp_id], f"{mine} and attributes.status = 'RUNNING'", max_results=1000)}
+
+    def alive(run_id: str) -> bool:
+        run = running.get(run_id)
+        return run is not None and owner_alive(run.data.tags) is not False
+
+    failed = []
+    for run_id, run in running.items():
+        tags = run.data.tags
+        if owner_alive(tags) is not False or alive(tags.get("mlflow.parentRunId", "")):
+            continue
+        client.set_tag(run_id, "fer_lab.orphaned",
+                       f"its process {tags[PID_TAG]} on {tags[HOST_TAG]} ended without closing the run; "
+                       f"marked FAILED at {time.strftime('%Y-%m-%d %H:%M:%S')} by process {os.getpid()}")
+        client.set_terminated(run_id, status="FAILED")
+        failed.append(run_id)
+    return failed
 
 
 # --- logging: to the active run, or to `run_id` ------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -220,3 +221,65 @@ def test_cli_predict_writes_table(model_store: tuple[str, str, str], tmp_path: P
     assert capsys.readouterr().err.strip().count("\n") == 0
     assert cli.main(["predict", str(folder / "notes.jpg"), "--model", run_id, "--tracking-uri", uri]) == 2
     assert "error: none of the images" in capsys.readouterr().err  # an unreadable image is a failure, not a warning
+
+
+def test_cli_predict_on_face_crops_says_so_and_classifies_them_with_crops(
+        model_store: tuple[str, str, str], sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri, _, run_id = model_store
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for path in inference.image_files(sample_dir / "test")[:3]:  # FER2013-like 48 px face crops
+        shutil.copy(path, folder / path.name)
+    # without --model: the latest training run, named
+    assert cli.main(["predict", str(folder), "--experiment", EXPERIMENT, "--tracking-uri", uri]) == 0
+    printed = capsys.readouterr()
+    assert f"model: {run_id} (7 classes, the latest finished 03_train run with a model" in printed.out
+    assert "looks like a face crop, not a photo (3 of 3 readable images" in printed.err
+    assert "fer-lab predict PATH --crops" in printed.err
+
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(folder), "--crops", "--model", run_id, "--tracking-uri", uri,
+                     "--out", str(out)]) == 0
+    assert "looks like a face crop" not in capsys.readouterr().err
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == 3 and table["face"].notna().all() and (table["label"].isin(data.CLASSES)).all()
+    assert (table[["x0", "y0", "x1", "y1"]].to_numpy() == [0, 0, 48, 48]).all()
+    assert np.allclose(table[inference.probability_columns(data.CLASSES)].sum(axis=1), 1, atol=1e-4)
+
+    (folder / "broken.png").write_bytes(b"not a png")
+    assert cli.main(["predict", str(folder / "broken.png"), "--crops", "--model", run_id, "--tracking-uri", uri]) == 2
+    assert "error: none of the images" in capsys.readouterr().err
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    assert cli.main(["predict", str(tmp_path / "clip.mp4"), "--crops", "--model", run_id, "--tracking-uri", uri]) == 2
+    assert "--crops classifies image files" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_predict_starts_without_mlflow_and_without_tensorflow_noise(model_store: tuple[str, str, str],
+                                                                         tmp_path: Path) -> None:
+    """What `fer-lab predict photo --model REF` pays at start-up: a run's model in the local sqlite store is read
+    from disk, so MLflow (seconds of imports and store start-up) is never imported; TensorFlow starts quietly."""
+    import subprocess
+    import sys
+    import time
+
+    from fer_lab import _native, project
+
+    uri, _, run_id = model_store
+    photo = _save(skimage.data.astronaut(), tmp_path / "astronaut.png")
+    started = time.perf_counter()
+    finished = subprocess.run([sys.executable, "-X", "importtime", "-m", "fer_lab.cli", "predict", str(photo),
+                               "--model", run_id, "--tracking-uri", uri], capture_output=True, text=True,
+                              cwd=project.ROOT, timeout=300)
+    print(f"fer-lab predict, one photo: {time.perf_counter() - started:.1f} s with -X importtime")
+    assert finished.returncode == 0, finished.stderr
+    assert f"model: {run_id} (7 classes)" in finished.stdout and "astronaut.png" in finished.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in finished.stderr.splitlines() if line.startswith("import time")]
+    assert "tensorflow" in imported and not [name for name in imported if name.split(".")[0] == "mlflow"]
+    assert not [line for line in finished.stderr.splitlines() if _native.NOISE.match(line)]
+    fast = inference.load_model(run_id, uri)
+    model, labels = tracking.load_run_model(run_id, uri)
+    slow = inference.Predictor(inference.LoadedModel(model, tuple(labels), run_id))
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 48, 48), dtype=np.uint8)
+    assert fast.labels == slow.labels
+    assert np.allclose(inference.Predictor(fast).probabilities(pixels), slow.probabilities(pixels), atol=1e-6)
