@@ -285,7 +285,7 @@ def test_shipped_experiment_sets_parse() -> None:
             # Every override names a parameter a notebook declares (plan_parameters raises otherwise).
             planned = runner.plan_parameters(notebooks, runner.apply_overrides({}, {**experiment.overrides, **variant}))
             if "03_train.phases" in variant:
-                schedule.Schedule.from_config(planned["03_train"]["phases"], planned["03_train"]["cycles"])
+                schedule.Schedule.from_config(planned["03_train"]["phases"], planned["03_train"].get("cycles", 1))
 
 
 def test_run_names_prefer_variant_then_run_name() -> None:
