@@ -11,6 +11,7 @@ from fer_lab.tracking.lookup import (
     metric_history,
     resolve_training_run,
     run_params,
+    run_tags,
     training_run_of,
 )
 from fer_lab.tracking.models import (
@@ -23,6 +24,7 @@ from fer_lab.tracking.store import (
     METRICS_PER_REQUEST,
     MODEL_ARTIFACT,
     PROGRESS_BAR_VARIABLE,
+    STOP_TAG,
     TRAIN_NOTEBOOK,
     UNFINISHED,
     active_parent_run_id,
@@ -54,6 +56,7 @@ __all__ = [
     "METRICS_PER_REQUEST",
     "MODEL_ARTIFACT",
     "PROGRESS_BAR_VARIABLE",
+    "STOP_TAG",
     "TRAIN_NOTEBOOK",
     "UNFINISHED",
     "active_parent_run_id",
@@ -82,6 +85,7 @@ __all__ = [
     "quoted",
     "resolve_training_run",
     "run_params",
+    "run_tags",
     "search_filter",
     "set_tags",
     "start_notebook_run",
