@@ -30,6 +30,7 @@ from fer_lab.errors import ConfigError
 from fer_lab.pipeline.report import NotebookResult, PipelineResult
 
 SHARED_SCHEMES = ("http://", "https://", "postgresql://", "postgresql+psycopg2://", "mysql://", "mssql://")
+_LOCAL_START_ATTEMPTS = 3
 _STOP_GRACE_S = 60  # how long an interrupted variant may take to end its MLflow runs KILLED
 
 
@@ -115,12 +116,15 @@ class RayExecutor:
         self._task = ray.remote(_variant_task)
         if self.address in (None, "local"):
             cpus = self.local_cpus or available_cores()
-            try:
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
-            except Exception as failure:  # Ray waits 30 s for its raylet: on a busy machine, once more
-                self.log(f"ray: the local cluster did not start ({one_line(failure)}); trying once more")
-                ray.shutdown()
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+            for attempt in range(1, _LOCAL_START_ATTEMPTS + 1):
+                try:
+                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+                    break
+                except Exception as failure:  # Ray gives its raylet 30 s to register: a busy machine may need more
+                    ray.shutdown()
+                    if attempt == _LOCAL_START_ATTEMPTS:
+                        raise ConfigError(f"the local Ray cluster did not start: {one_line(failure)}") from failure
+                    self.log(f"ray: the local cluster did not start ({one_line(failure)}); trying again")
             self._started_here = True
             self.log(f"ray: started a local cluster with {cpus} CPUs")
         else:

@@ -174,6 +174,11 @@ def run_experiment(
     """
     experiment = load_experiment(file)
     user_overrides = dict(overrides or {})
+    if executor == "ray":  # a local store with a remote cluster is refused before anything starts
+        from fer_lab.pipeline import cluster
+
+        uri = tracking.configure(str(_shared(experiment, params_files, user_overrides).get("tracking_uri") or ""))
+        cluster.require_shared_tracking(uri, remote=not cluster.is_local_address(address or os.environ.get("RAY_ADDRESS")))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-experiment-{experiment.name}"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -226,12 +231,13 @@ def _run_on_ray(experiment: ExperimentSet, result: ExperimentResult, data_dir: s
     """Every variant as a Ray task; each finished variant's pipeline result goes into `result.variants`."""
     from fer_lab.pipeline import cluster
 
-    shared = runner.apply_overrides(runner.load_params_files(files), {**experiment.overrides, **user_overrides})["shared"]
+    shared = _shared(experiment, files[len(experiment.params_files):], user_overrides)
     uri = tracking.configure(str(shared.get("tracking_uri") or ""))
+    executor = cluster.RayExecutor(uri, address, num_cpus=experiment.cpus, num_gpus=experiment.gpus,
+                                   local_cpus=local_cpus, log=log)
     # Created here, once: variants creating a new sqlite store at the same moment collide on its tables.
     tracking.experiment_id(str(shared.get("experiment") or tracking.DEFAULT_EXPERIMENT), uri)
-    with cluster.RayExecutor(uri, address, num_cpus=experiment.cpus, num_gpus=experiment.gpus,
-                             local_cpus=local_cpus, log=log) as executor:
+    with executor:
         for name, variant in experiment.variants.items():
             executor.submit(cluster.VariantSpec(
                 name, str(project.resolve(data_dir)) if data_dir else None, tuple(files),
@@ -248,3 +254,10 @@ def _run_on_ray(experiment: ExperimentSet, result: ExperimentResult, data_dir: s
             log(f"== variant {outcome.name} on {outcome.node}: "
                 + (f"FAILED in {failed.name}: {failed.error}" if failed else "ok")
                 + f" ({outcome.finished - outcome.started:.0f} s)")
+
+
+def _shared(experiment: ExperimentSet, params_files: Iterable[str | os.PathLike[str]],
+            overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The shared parameters every variant starts from: params files < the set's overrides < the user's."""
+    params = runner.load_params_files([*experiment.params_files, *params_files])
+    return runner.apply_overrides(params, {**experiment.overrides, **overrides})["shared"]

@@ -184,13 +184,21 @@ def run_sweep(file: str | os.PathLike[str], trials: int, *, executor: str = "loc
     fixed = {**sweep.overrides, **dict(overrides or {})}
     base = runner.apply_overrides(runner.load_params_files(files), fixed)
     uri = tracking.configure(str(base["shared"].get("tracking_uri") or ""))
+    if executor == "ray":  # built first: it refuses a local store for a remote cluster before anything starts
+        pool: Any = cluster.RayExecutor(uri, address, num_cpus=sweep.cpus, num_gpus=sweep.gpus,
+                                        local_cpus=local_cpus, log=log)
+    elif executor == "local":
+        pool = cluster.LocalExecutor(log=log)
+    else:
+        raise ConfigError(f"--executor {executor}: expected local or ray")
     experiment = str(base["shared"].get("experiment") or tracking.DEFAULT_EXPERIMENT)
     experiment_id = tracking.experiment_id(experiment, uri)
     storage = optuna_storage(uri, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True,
-                                direction=_METRICS[sweep.metric], pruner=make_pruner(sweep.pruner),
-                                sampler=optuna.samplers.TPESampler(seed=sweep.seed))
+                                direction=_METRICS[sweep.metric], pruner=make_pruner(sweep.pruner))
+    # Offset by the trials so far: a resumed sweep must not replay the first run's seeded draws.
+    study.sampler = optuna.samplers.TPESampler(seed=None if sweep.seed is None else sweep.seed + len(study.trials))
     parent_id = study.user_attrs.get("mlflow_parent_run_id") or tracking.create_run(
         experiment_id, f"sweep-{sweep.name}", {**tracking.base_tags(), "sweep": sweep.name})
     study.set_user_attr("mlflow_parent_run_id", parent_id)
@@ -204,13 +212,6 @@ def run_sweep(file: str | os.PathLike[str], trials: int, *, executor: str = "loc
     log(f"sweep {sweep.name}: {_counted(study)}/{trials} trials done, study in {public_storage}, "
         f"MLflow run {parent_id} -> {report_dir}")
     defaults = declared_parameters(project.NOTEBOOKS_DIR / f"{TRAIN}.ipynb")
-    if executor == "ray":
-        pool: Any = cluster.RayExecutor(uri, address, num_cpus=sweep.cpus, num_gpus=sweep.gpus,
-                                        local_cpus=local_cpus, log=log)
-    elif executor == "local":
-        pool = cluster.LocalExecutor(log=log)
-    else:
-        raise ConfigError(f"--executor {executor}: expected local or ray")
     running: dict[str, Any] = {}
     try:
         with pool:

@@ -31,7 +31,7 @@ SERVICES_DIR = project.ROOT / "services"
 STATE_FILE = "server.json"
 DB_USER = "fer_lab"
 DATABASES = ("mlflow", "optuna")
-_START_TIMEOUT_S = 120
+_START_TIMEOUT_S = 300  # its first start creates the tables: minutes on a busy machine
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def start(services_dir: Path = SERVICES_DIR, port: int = 5000, pg_port: int | No
     with open(log_file, "ab") as output:
         # A session of its own: `stop` ends the server and its workers as one process group.
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "2",
+            [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
              "--backend-store-uri", backend, "--artifacts-destination", artifacts],
             stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PGPASSWORD": password})  # libpq reads it: no password on the command line

@@ -129,3 +129,15 @@ def test_experiment_on_a_local_ray_cluster_against_the_team_server(team_server, 
     import ray
 
     assert not ray.is_initialized()  # the local cluster started for the experiment is shut down
+
+
+def test_cli_refuses_a_remote_cluster_with_a_local_store_in_one_line(tmp_path, capsys, monkeypatch):
+    from fer_lab import cli
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    file = tiny_experiment(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code = cli.main(["run", "--experiment", str(file), "--executor", "ray", "--address", "10.0.0.5:6379",
+                     "--out", str(tmp_path / "report")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "needs a tracking server" in error
+    assert not (tmp_path / "report").exists() and not (tmp_path / "mlflow.db").exists()

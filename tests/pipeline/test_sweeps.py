@@ -1,5 +1,6 @@
 """Optuna sweeps over the real 03_train on the sample: pruning, a kill and a resume, the best params file."""
 
+import json
 import os
 import signal
 import subprocess
@@ -95,7 +96,8 @@ def test_a_sweep_prunes_resumes_after_a_kill_and_writes_the_best_params(sample_d
     storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
     log = tmp_path / "first.log"
     with open(log, "w") as output:
-        first = subprocess.Popen([sys.executable, "-m", "fer_lab.cli", "sweep", str(file), "--trials", "6"],
+        first = subprocess.Popen([sys.executable, "-m", "fer_lab.cli", "sweep", str(file), "--trials", "6",
+                                  "--out", str(tmp_path / "report")],
                                  cwd=project.ROOT, stdout=output, stderr=subprocess.STDOUT,
                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 600
@@ -111,11 +113,15 @@ def test_a_sweep_prunes_resumes_after_a_kill_and_writes_the_best_params(sample_d
     assert sweeps._counted(study) == 2
 
     lines: list[str] = []
-    result = sweeps.run_sweep(file, 6, log=lines.append)
+    result = sweeps.run_sweep(file, 6, out_dir=tmp_path / "report", log=lines.append)
     study = result.study
     assert sweeps._counted(study) == 6, lines
     pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert pruned, lines
+    interrupted = [trial for trial in study.trials if trial.user_attrs.get("interrupted")]
+    assert len(interrupted) == 1 and study.trials[interrupted[0].number + 1].params == interrupted[0].params
+    drawn = [json.dumps(trial.params, sort_keys=True) for trial in study.trials if trial not in interrupted]
+    assert len(set(drawn)) == len(drawn)  # the resumed sampler does not replay the first run's draws
     assert result.best_file == tmp_path / "tiny.best.yaml"
     best = runner.load_params_files([result.best_file])
     assert best["notebooks"]["03_train"]["phases"][0]["lr"] == study.best_trial.params["03_train.phases/0/lr"]
