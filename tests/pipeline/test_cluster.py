@@ -141,3 +141,19 @@ def test_cli_refuses_a_remote_cluster_with_a_local_store_in_one_line(tmp_path, c
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1 and "needs a tracking server" in error
     assert not (tmp_path / "report").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_sweep_study_in_the_team_servers_postgresql(team_server, monkeypatch):
+    import optuna
+
+    from fer_lab.pipeline import sweeps
+    from fer_lab.training import trials
+
+    public, password = sweeps._without_password(team_server.optuna_storage)
+    assert password and password not in public  # what trials get, printed into 03's executed notebook
+    monkeypatch.setenv("PGPASSWORD", password)
+    study = optuna.create_study(study_name="pg-check", storage=public, direction="minimize")
+    trial = study.ask()
+    reporter = trials.TrialReporter(public, "pg-check", trial._trial_id, "val_loss", {"type": "median"})
+    assert reporter(1, {"val_loss": 0.5}) is False  # the first trial is never pruned
+    assert study.trials[0].intermediate_values == {1: 0.5}
