@@ -248,10 +248,11 @@ def _without_password(storage: str) -> tuple[str, str]:
 
     Trials get the URL without it: 03's parameters are printed into its executed notebook.
     """
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
-    url = make_url(storage)
-    return url.set(password=None).render_as_string(hide_password=False), url.password or ""
+    url = make_url(storage)  # URL.set(password=None) would keep it: None there means "unchanged"
+    public = URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
+    return public.render_as_string(hide_password=False), url.password or ""
 
 
 def _counted(study: Any) -> int:
