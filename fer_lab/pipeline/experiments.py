@@ -205,7 +205,7 @@ def run_experiment(
                 tags={"experiment_set": experiment.name, "variant": name})
             result.variants[name] = pipeline
         training_run = tracking.training_run_of(pipeline.parent_run_id, pipeline.experiment)
-        if training_run:
+        if training_run and pipeline.ok:  # 05 compares the variants that finished, not a 03 that failed
             tracking.set_tags({"experiment_set": experiment.name, "variant": name}, run_id=training_run)
             result.training_runs[name] = training_run
     if len(result.training_runs) >= 2:
