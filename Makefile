@@ -8,7 +8,7 @@ PARAMS ?= $(if $(DATA),params/default.yaml,params/ci.yaml)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup lock demo test lab ui bench clean
+.PHONY: setup lock demo test lab ui bench clean postgres server server-stop
 
 setup: $(STAMP)
 
@@ -34,7 +34,7 @@ lock: setup  ## rewrite requirements.lock from the installed environment (after 
 demo: setup  ## the whole notebook pipeline on the embedded sample, or DATA=path on a real dataset
 	$(BIN)/fer-lab run $(if $(DATA),--data $(DATA)) --params $(PARAMS)
 
-test: setup
+test: setup postgres
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lab: setup
@@ -42,6 +42,17 @@ lab: setup
 
 ui: setup
 	$(BIN)/fer-lab ui --port 5000
+
+postgres:  ## Debian's PostgreSQL programs for `make server` and its tests (installed when missing, as root)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "postgresql is not installed (apt-get install postgresql): make server and its tests cannot run"
+
+server: setup postgres  ## the team tracking server: mlflow server on PostgreSQL, kept under services/
+	$(BIN)/fer-lab server start $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
+
+server-stop: setup
+	$(BIN)/fer-lab server stop
 
 bench: setup  ## speed benchmarks; DATA=path to a real dataset (default ../shared/data/fer2013)
 	$(BIN)/python benchmarks/bench_faces.py --data $(or $(DATA),../shared/data/fer2013)

@@ -19,6 +19,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.experiment:
         return _run_experiment(args)
+    if args.executor != "local":
+        raise FerLabError("--executor ray runs experiment sets and sweeps: add --experiment FILE")
     result = runner.run_pipeline(
         data_dir=args.data,
         params_files=args.params,
@@ -43,9 +45,11 @@ def _run_experiment(args: argparse.Namespace) -> int:
     outcome = experiments.run_experiment(
         args.experiment, data_dir=args.data, params_files=args.params,
         overrides=runner.parse_overrides(args.p), out_dir=args.out,
+        executor=args.executor, address=args.address, local_cpus=args.local_cpus,
     )
     print(f"report: {outcome.index}")
-    failed = [name for name, result in outcome.variants.items() if not result.ok]
+    failed = [name for name in outcome.experiment.variants
+              if name not in outcome.variants or not outcome.variants[name].ok]
     if failed or not outcome.ok:
         print(f"error: experiment {outcome.experiment.name} incomplete; failed variants: "
               f"{', '.join(failed) or 'none'}; comparison: {'ran' if outcome.compare else 'not run'}", file=sys.stderr)
@@ -210,6 +214,48 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import signal
+
+    from fer_lab.pipeline import runner, sweeps
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    result = sweeps.run_sweep(args.file, args.trials, executor=args.executor, address=args.address,
+                              data_dir=args.data, params_files=tuple(args.params),
+                              overrides=runner.parse_overrides(args.p), out_dir=args.out, storage=args.storage,
+                              local_cpus=args.local_cpus)
+    print(f"report: {result.report_dir}")
+    print(f"mlflow: sweep run {result.parent_run_id}")
+    if result.best_file is None:
+        print(f"error: sweep {result.sweep.name}: no trial completed", file=sys.stderr)
+        return 1
+    print(f"best params: {result.best_file}")
+    return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    from fer_lab import project
+    from fer_lab.tracking import server
+
+    if args.action == "start":
+        state = server.start(args.dir, port=args.port, pg_port=args.pg_port, host=args.host, artifacts=args.artifacts)
+        print(f"export MLFLOW_TRACKING_URI={state.tracking_uri}")
+    elif args.action == "stop":
+        server.stop(args.dir)
+    else:
+        state = server.read_state(project.resolve(args.dir))
+        print(f"running: {state.tracking_uri}, PostgreSQL {state.pg_data} port {state.pg_port}" if state
+              else f"no server started from {args.dir}")
+    return 0
+
+
+def _add_executor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local: one pipeline after another here; ray: each as a Ray task (default local)")
+    parser.add_argument("--address", help="Ray cluster to join (default $RAY_ADDRESS, else a new local cluster)")
+    parser.add_argument("--local-cpus", type=int, help="CPUs of a new local Ray cluster (default: this machine's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="fer-lab", description=__doc__)
@@ -224,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="report folder (default: reports/<timestamp>-<dataset>)")
     run.add_argument("--experiment", metavar="FILE.yaml",
                      help="run every variant of an experiment set (params/experiments/NAME.yaml), then 05_compare")
+    _add_executor_options(run)
     run.set_defaults(handler=_run)
 
     predict = commands.add_parser("predict", help="find faces in an image, image folder or video and classify them")
@@ -351,6 +398,31 @@ def build_parser() -> argparse.ArgumentParser:
                          help="do not reject duplicate or conflicting copies")
     filter_.add_argument("--workers", type=int, default=None, help="detector processes (default: all cores)")
     filter_.set_defaults(handler=_filter)
+
+    sweep = commands.add_parser("sweep", help="an Optuna study over 03_train + 04_evaluate (params/sweeps/NAME.yaml)")
+    sweep.add_argument("file", help="sweep file, or its name in params/sweeps/")
+    sweep.add_argument("--trials", type=int, required=True,
+                       help="finished trials the study should hold; a resumed sweep runs only the rest")
+    sweep.add_argument("--data", help="dataset path (default: the embedded sample)")
+    sweep.add_argument("--params", action="append", default=[], metavar="FILE.yaml", help="extra parameter file(s)")
+    sweep.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="a fixed override")
+    sweep.add_argument("--out", help="report folder (default: reports/<timestamp>-sweep-<name>)")
+    sweep.add_argument("--storage", default="", help="Optuna storage URL (default: beside the tracking store, "
+                                                     "or the team server's PostgreSQL)")
+    _add_executor_options(sweep)
+    sweep.set_defaults(handler=_sweep)
+
+    server = commands.add_parser("server", help="the team tracking server: mlflow server on PostgreSQL (make server)")
+    server.add_argument("action", choices=("start", "stop", "status"))
+    server.add_argument("--dir", default="services", help="folder of the database cluster, logs and state "
+                                                          "(default services/, git-ignored)")
+    server.add_argument("--port", type=int, default=5000, help="MLflow server port (default 5000)")
+    server.add_argument("--pg-port", type=int, default=None, help="PostgreSQL port (default: a free one)")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address both listen on (default 127.0.0.1; 0.0.0.0 for other machines)")
+    server.add_argument("--artifacts", default="",
+                        help="artifact root: a folder (default services/artifacts) or s3://bucket/path")
+    server.set_defaults(handler=_server)
 
     return parser
 

@@ -11,6 +11,9 @@ from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# MLflow's telemetry thread sets and unsets a variable in os.environ while requests iterates it in another
+# thread (KeyError: '_MLFLOW_TELEMETRY_SESSION_ID' from a tracking-server call); tests send none.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ params: [params/ci.yaml]        # optional params files for every variant (befor
 overrides:                      # optional overrides for every variant, keys as `fer-lab run -p`
   03_train.epochs: 4
 notebooks: [01, 02, 03, 04]     # optional; the notebooks each variant runs (default: all before 05)
+resources: {cpus: 2, gpus: 0}   # optional; what one variant takes on a Ray cluster (`--executor ray`)
 baseline: unfiltered            # optional; the variant 05_compare measures the others against
 variants:                       # two or more, name -> overrides (may be empty: {})
   unfiltered: {02_filter_faces.apply_filter: false}
@@ -37,7 +38,7 @@ from fer_lab.pipeline.report import PipelineResult
 
 COMPARE_NOTEBOOK = "05_compare"
 EXPERIMENTS_DIR = project.PARAMS_DIR / "experiments"
-_KEYS = {"description", "params", "overrides", "notebooks", "baseline", "variants"}
+_KEYS = {"description", "params", "overrides", "notebooks", "baseline", "variants", "resources"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -52,6 +53,8 @@ class ExperimentSet:
     notebooks: tuple[str, ...]
     baseline: str
     variants: dict[str, dict[str, Any]]
+    cpus: float = 1
+    gpus: float = 0
 
 
 @dataclass
@@ -63,11 +66,13 @@ class ExperimentResult:
     variants: dict[str, PipelineResult] = field(default_factory=dict)
     training_runs: dict[str, str] = field(default_factory=dict)
     compare: PipelineResult | None = None
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         pipelines = [*self.variants.values(), *([self.compare] if self.compare is not None else [])]
-        return bool(pipelines) and all(result.ok for result in pipelines) and self.compare is not None
+        return (len(self.variants) == len(self.experiment.variants) and all(result.ok for result in pipelines)
+                and self.compare is not None)
 
     @property
     def index(self) -> Path:
@@ -106,6 +111,10 @@ def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
     overrides = content.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfigError(f"{file}: 'overrides' must map override keys to values")
+    resources = content.get("resources") or {}
+    if not isinstance(resources, dict) or set(resources) - {"cpus", "gpus"} or not all(
+            isinstance(value, (int, float)) and value >= 0 for value in resources.values()):
+        raise ConfigError(f"{file}: 'resources' must map cpus and/or gpus to numbers >= 0")
     params = content.get("params") or []
     if isinstance(params, str):
         params = [params]
@@ -118,6 +127,8 @@ def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
                         for item in content.get("notebooks") or ()),
         baseline=baseline,
         variants={str(name): {str(k): v for k, v in (values or {}).items()} for name, values in variants.items()},
+        cpus=resources.get("cpus", 1),
+        gpus=resources.get("gpus", 0),
     )
 
 
@@ -136,6 +147,9 @@ def run_experiment(
     out_dir: str | os.PathLike[str] | None = None,
     notebooks_dir: Path = project.NOTEBOOKS_DIR,
     log: Any = print,
+    executor: str = "local",
+    address: str | None = None,
+    local_cpus: int | None = None,
 ) -> ExperimentResult:
     """Run every variant of an experiment file through the pipeline, then 05_compare over their training runs.
 
@@ -150,12 +164,21 @@ def run_experiment(
         out_dir: The report folder (default: reports/<timestamp>-experiment-<name>).
         notebooks_dir: Where the numbered notebooks are.
         log: Called with one line per step.
+        executor: `local` runs the variants one after another here; `ray` runs them as Ray tasks
+            (see `fer_lab.pipeline.cluster`), in parallel as the cluster's resources allow.
+        address: The Ray cluster to join (default $RAY_ADDRESS, else a new local cluster).
+        local_cpus: CPUs of a new local Ray cluster (default: this machine's).
 
     Returns:
         Every variant's pipeline result, their training runs and the comparison's result.
     """
     experiment = load_experiment(file)
     user_overrides = dict(overrides or {})
+    if executor == "ray":  # a local store with a remote cluster is refused before anything starts
+        from fer_lab.pipeline import cluster
+
+        uri = tracking.configure(str(_shared(experiment, params_files, user_overrides).get("tracking_uri") or ""))
+        cluster.require_shared_tracking(uri, remote=not cluster.is_local_address(address or os.environ.get("RAY_ADDRESS")))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-experiment-{experiment.name}"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -163,16 +186,26 @@ def run_experiment(
     notebooks = variant_notebooks(experiment, runner.discover_notebooks(notebooks_dir))
     result = ExperimentResult(experiment, report_dir)
     log(f"experiment {experiment.name}: {len(experiment.variants)} variants -> {report_dir}")
+    if executor == "ray":
+        _run_on_ray(experiment, result, data_dir, files, user_overrides, notebooks, notebooks_dir, address,
+                    local_cpus, log)
+    elif executor != "local":
+        raise ConfigError(f"--executor {executor}: expected local or ray")
     for name, variant in experiment.variants.items():
-        log(f"== variant {name}")
-        pipeline = runner.run_pipeline(
-            data_dir=data_dir, params_files=files,
-            overrides={**experiment.overrides, **variant, **user_overrides},
-            only=notebooks, out_dir=report_dir / name, notebooks_dir=notebooks_dir, log=log,
-            tags={"experiment_set": experiment.name, "variant": name})
-        result.variants[name] = pipeline
+        if executor == "ray":
+            if name not in result.variants:
+                continue
+            pipeline = result.variants[name]
+        else:
+            log(f"== variant {name}")
+            pipeline = runner.run_pipeline(
+                data_dir=data_dir, params_files=files,
+                overrides={**experiment.overrides, **variant, **user_overrides},
+                only=notebooks, out_dir=report_dir / name, notebooks_dir=notebooks_dir, log=log,
+                tags={"experiment_set": experiment.name, "variant": name})
+            result.variants[name] = pipeline
         training_run = tracking.training_run_of(pipeline.parent_run_id, pipeline.experiment)
-        if training_run:
+        if training_run and pipeline.ok:  # 05 compares the variants that finished, not a 03 that failed
             tracking.set_tags({"experiment_set": experiment.name, "variant": name}, run_id=training_run)
             result.training_runs[name] = training_run
     if len(result.training_runs) >= 2:
@@ -190,3 +223,41 @@ def run_experiment(
     report.write_experiment_index(report_dir, experiment.name, experiment.description, result.variants,
                                   result.training_runs, result.compare)
     return result
+
+
+def _run_on_ray(experiment: ExperimentSet, result: ExperimentResult, data_dir: str | os.PathLike[str] | None,
+                files: list[str], user_overrides: dict[str, Any], notebooks: list[str], notebooks_dir: Path,
+                address: str | None, local_cpus: int | None, log: Any) -> None:
+    """Every variant as a Ray task; each finished variant's pipeline result goes into `result.variants`."""
+    from fer_lab.pipeline import cluster
+
+    shared = _shared(experiment, files[len(experiment.params_files):], user_overrides)
+    uri = tracking.configure(str(shared.get("tracking_uri") or ""))
+    executor = cluster.RayExecutor(uri, address, num_cpus=experiment.cpus, num_gpus=experiment.gpus,
+                                   local_cpus=local_cpus, log=log)
+    # Created here, once: variants creating a new sqlite store at the same moment collide on its tables.
+    tracking.experiment_id(str(shared.get("experiment") or tracking.DEFAULT_EXPERIMENT), uri)
+    with executor:
+        for name, variant in experiment.variants.items():
+            executor.submit(cluster.VariantSpec(
+                name, str(project.resolve(data_dir)) if data_dir else None, tuple(files),
+                {**experiment.overrides, **variant, **user_overrides, "tracking_uri": uri}, tuple(notebooks),
+                {"experiment_set": experiment.name, "variant": name}, str(notebooks_dir)), result.report_dir / name)
+        while executor.pending:
+            outcome = executor.next_finished()
+            result.timings[outcome.name] = (outcome.started, outcome.finished)
+            if outcome.result is None:
+                log(f"== variant {outcome.name} FAILED before its pipeline started: {outcome.error}")
+                continue
+            result.variants[outcome.name] = outcome.result
+            failed = next((nb for nb in outcome.result.notebooks if not nb.ok), None)
+            log(f"== variant {outcome.name} on {outcome.node}: "
+                + (f"FAILED in {failed.name}: {failed.error}" if failed else "ok")
+                + f" ({outcome.finished - outcome.started:.0f} s)")
+
+
+def _shared(experiment: ExperimentSet, params_files: Iterable[str | os.PathLike[str]],
+            overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The shared parameters every variant starts from: params files < the set's overrides < the user's."""
+    params = runner.load_params_files([*experiment.params_files, *params_files])
+    return runner.apply_overrides(params, {**experiment.overrides, **overrides})["shared"]

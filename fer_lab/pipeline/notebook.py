@@ -15,7 +15,7 @@ from fer_lab import project, tracking
 from fer_lab.data import synthetic
 
 # Where a run is tracked, not what it computes: kept out of the logged parameters.
-TRACKING_PARAMETERS = ("tracking_uri", "experiment", "parent_run_id", "work_dir", "run_name")
+TRACKING_PARAMETERS = ("tracking_uri", "experiment", "parent_run_id", "work_dir", "run_name", "optuna_trial")
 
 
 def declared_parameters(notebook: Path) -> dict[str, Any]:

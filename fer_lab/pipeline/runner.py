@@ -291,6 +291,10 @@ def run_pipeline(
         log(f"    {'ok' if not error else 'FAILED'} in {seconds:.1f} s" + (f": {error}" if error else ""))
         if error:
             break
+        stop = tracking.run_tags(run_id).get(tracking.STOP_TAG) if index < len(selected) else None
+        if stop:
+            log(f"    the pipeline ends here: {stop}")
+            break
     tracking.finish_run(parent_id, ok=result.ok, status="KILLED" if interrupted else "")
     report.write_index(result, summary_dir)
     if interrupted:  # every run is closed and the partial report written: now stop as asked

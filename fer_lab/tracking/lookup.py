@@ -86,6 +86,11 @@ def run_params(run_id: str) -> dict[str, str]:
     return dict(MlflowClient().get_run(run_id).data.params)
 
 
+def run_tags(run_id: str) -> dict[str, str]:
+    """The tags of run `run_id`."""
+    return dict(MlflowClient().get_run(run_id).data.tags)
+
+
 def metric_history(run_ids: Sequence[str], key: str, names: Sequence[str] | None = None) -> pd.DataFrame:
     """Long table (run, step, value) of metric `key` over steps for each run; runs without it are skipped."""
     client = MlflowClient()

@@ -33,6 +33,9 @@ MODEL_ARTIFACT = "model"
 UNFINISHED = ("RUNNING", "FAILED", "KILLED", "SCHEDULED")
 PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 METRICS_PER_REQUEST = 500  # MLflow accepts at most 1000 metrics per request
+# A notebook whose run carries this tag (value: the reason) ends its pipeline there, as a success:
+# a sweep trial pruned in 03_train is not evaluated by 04.
+STOP_TAG = "fer_lab.stop_pipeline"
 
 
 # --- the store ----------------------------------------------------------------------------------

@@ -150,12 +150,14 @@ def train(
     *,
     run_id: str = "",
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[int, dict[str, Any]], bool] | None = None,
 ) -> TrainResult:
     """Run (or resume) the schedule; return the best model over all phases.
 
     `run_id` is the MLflow run the checkpoint belongs to; default is the active run, and metrics go
     to the active run when there is one. A checkpoint of another run is discarded (this is a new run);
-    a checkpoint of the same run made with other settings is an error.
+    a checkpoint of the same run made with other settings is an error. `on_epoch(epoch, row)` is called
+    after each epoch with its metrics; returning True ends training there (a pruned sweep trial).
     """
     from fer_lab import tracking
 
@@ -193,7 +195,10 @@ def train(
             tracking.log_lineage(config.model.weights)
 
     compiles = 0
+    stopped = False
     for planned in plan:
+        if stopped:
+            break
         if planned.last_epoch <= completed:
             continue
         if completed < planned.first_epoch:
@@ -227,6 +232,10 @@ def train(
             log(f"epoch {epoch}/{total_epochs} [{planned.tag}] loss {row['train_loss']:.4f} "
                 f"acc {row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} "
                 f"| lr {row['lr']:.2e} | {row['epoch_time_s']:.0f}s, {row['images_per_s']:.0f} img/s")
+            if on_epoch is not None and on_epoch(epoch, row):
+                log(f"stopped after epoch {epoch}/{total_epochs}: pruned")
+                stopped = True
+                break
 
     best = keras.models.load_model(checkpoint_dir / BEST_MODEL)
     history = pd.DataFrame(state["history"])
