@@ -90,7 +90,7 @@ def _predict(args: argparse.Namespace) -> int:
         if not (result.table["error"] == "").any():
             print(f"error: none of the images under {args.path} could be read", file=sys.stderr)
             return 2
-        hint = crops.crop_hint(result)
+        hint = "" if args.crops else crops.crop_hint(result)
         if hint:
             print(f"note: {hint}", file=sys.stderr)
     return 0

@@ -79,9 +79,9 @@ def predict_crops(loaded: LoadedModel, paths: Sequence[str | os.PathLike[str]], 
 
 
 def crop_hint(result: ImagePredictions) -> str:
-    """A note for photos in which no face was found but which are as small as face crops ("" otherwise)."""
+    """A note for images as small as face crops, on which a detector's answer means little ("" otherwise)."""
     readable = result.table[result.table["error"] == ""]
-    if readable.empty or not result.faces.empty:
+    if readable.empty:
         return ""
     small = readable[readable[["height", "width"]].max(axis=1) <= CROP_MAX_SIDE]
     if small.empty:
