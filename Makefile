@@ -8,7 +8,7 @@ PARAMS ?= $(if $(DATA),params/default.yaml,params/ci.yaml)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup lock demo test lab ui bench clean postgres server server-stop
+.PHONY: setup lock demo test test-all lab ui bench clean postgres server server-stop
 
 setup: $(STAMP)
 
@@ -34,8 +34,11 @@ lock: setup  ## rewrite requirements.lock from the installed environment (after 
 demo: setup  ## the whole notebook pipeline on the embedded sample, or DATA=path on a real dataset
 	$(BIN)/fer-lab run $(if $(DATA),--data $(DATA)) --params $(PARAMS)
 
-test: setup postgres
+test: setup postgres  ## the suite CI runs (under 15 minutes): everything but the tests marked extended
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-all: setup postgres  ## every test, the extended ones too (a Ray experiment, a killed sweep, all notebooks without papermill...)
+	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
 
 lab: setup
 	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser notebooks

@@ -235,6 +235,7 @@ def test_cli_study_writes_tables_from_the_cache(generated_study, expression_mode
     assert cli.main(["study", str(root / "nope.csv"), "--model", run_id, "--tracking-uri", uri]) == 2
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_notebook_07_runs_on_the_sample(sample_dir: Path, expression_model, tmp_path: Path) -> None:
     import papermill

@@ -114,6 +114,7 @@ def test_the_team_server_keeps_runs_in_postgresql(team_server):
         server.start(Path(team_server.pg_data).parent, port=server.free_port())
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_experiment_on_a_local_ray_cluster_against_the_team_server(team_server, sample_dir, tmp_path):
     uri = team_server.tracking_uri

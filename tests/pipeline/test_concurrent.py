@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from fer_lab import project, tracking
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def test_two_pipelines_started_together_get_their_own_reports_and_notebooks(temp_project, tmp_path) -> None:

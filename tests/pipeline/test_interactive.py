@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 
 from fer_lab.pipeline import runner
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def test_every_notebook_runs_with_its_defaults_and_records_its_run(temp_project, monkeypatch) -> None:

@@ -90,6 +90,7 @@ def tiny_sweep(tmp_path, sample_dir):
     return path
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_a_sweep_prunes_resumes_after_a_kill_and_writes_the_best_params(sample_dir, tmp_path):
     file = tiny_sweep(tmp_path, sample_dir)

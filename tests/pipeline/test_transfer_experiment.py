@@ -29,6 +29,7 @@ def test_transfer_phases_has_every_arm_at_both_sizes() -> None:
                    for arm in ("head_only", "head6_top4_x2", "head2_all8", "all_only"))
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_the_seed_arm_runs_on_the_sample_from_a_sample_model(base_model_store, sample_dir, tmp_path) -> None:
     """The experiment's shared overrides plus its seed arm, through the real 03_train notebook (one epoch a
