@@ -1,4 +1,5 @@
-"""A quiet TensorFlow start: its C++ start-up lines kept out of notebooks and terminals.
+"""A quiet TensorFlow start: its C++ start-up lines kept out of notebooks and terminals (and the note
+TensorFlow Lite writes when MediaPipe's face detector sees its first frame).
 
 TensorFlow logs through absl before absl's logging is initialised, and absl then writes every message to
 fd 2 whatever TF_CPP_MIN_LOG_LEVEL says (abseil-cpp pull requests 1718 and 1957). Measured with TensorFlow
@@ -25,6 +26,8 @@ _ABSL_LINE = r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ "
 NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rf"|{_ABSL_LINE}(cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn|cuda_fft|cuda_blas)\.cc:\d+\].*"
+    # MediaPipe's face detector, on its first frame: TensorFlow Lite's note about its model's signatures
+    rf"|{_ABSL_LINE}inference_feedback_manager\.cc:\d+\] Feedback manager requires a model with a single signature.*"
     r")\s*$")
 _LOCK = threading.Lock()
 

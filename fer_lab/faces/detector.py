@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from fer_lab import _native
 from fer_lab.errors import ConfigError
 
 Model = Literal["hog", "cnn", "mediapipe"]
@@ -186,7 +187,10 @@ def _mediapipe_detector() -> object:
         raise ConfigError("detector 'mediapipe' needs the mediapipe package: pip install --no-deps mediapipe==0.10.21 "
                           f"(its pinned dependencies conflict with TensorFlow's; the ones it needs are installed) "
                           f"[{' '.join(str(error).split())}]") from error
-    return face_detection.FaceDetection(model_selection=1, min_detection_confidence=MEDIAPIPE_MIN_SCORE)
+    with _native.quiet_stderr():  # the first frame is where TensorFlow Lite logs its start-up note
+        detector = face_detection.FaceDetection(model_selection=1, min_detection_confidence=MEDIAPIPE_MIN_SCORE)
+        detector.process(np.zeros((MEDIAPIPE_TILE, MEDIAPIPE_TILE, 3), np.uint8))
+    return detector
 
 
 def to_original(boxes: np.ndarray, scale: tuple[float, float], shape: tuple[int, int],
