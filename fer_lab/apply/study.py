@@ -35,7 +35,7 @@ from fer_lab._shared import (
     write_atomic,
 )
 from fer_lab.apply import inference, video
-from fer_lab.apply.video_io import is_video
+from fer_lab.apply.video_io import is_video, open_frames
 from fer_lab.errors import DataError, FerLabError
 from fer_lab.faces.detector import DetectorConfig, FaceDetector, Model
 
@@ -43,6 +43,9 @@ STUDY_COLUMNS = ("path", "participant", "condition")
 EVENT_COLUMNS = ("name", "start", "end")
 # Bump when the cached table's meaning changes: older entries are then recomputed, never misread.
 CACHE_VERSION = 1
+# Sampled frames a worker process must have ahead of it to be worth starting: a worker spends ~8 CPU-s
+# importing TensorFlow and loading the model and MediaPipe, the time one process analyses ~300 frames in.
+FRAMES_PER_WORKER = 1500
 _METADATA_KEY = b"fer_lab_study"
 
 
@@ -235,7 +238,8 @@ def analyze_study(study: Study, reference: str, *, tracking_uri: str = "",
         tracking_uri: The MLflow store the model is in.
         settings: Sampling, detection and framing.
         cache_dir: Where per-recording tables are cached.
-        workers: Processes for the recordings to analyse (0: one per core, at most one per recording).
+        workers: Processes for the recordings to analyse (0: one per core when there are enough frames to
+            repay their start, see FRAMES_PER_WORKER; at most one per recording).
         progress: Show a bar per recording and one over the study.
 
     Returns:
@@ -261,7 +265,7 @@ def analyze_study(study: Study, reference: str, *, tracking_uri: str = "",
         else:
             cached[path] = table
             rows.append({"path": path, "status": "cached", "reason": ""})
-    workers = min(workers or available_cores(), max(1, len(todo)))
+    workers = min(workers or _useful_workers(todo, settings), max(1, len(todo)))
     if workers > 1:
         outcomes = map_in_processes(_analyze_one, todo, workers, job, progress="study" if progress else "")
     else:
@@ -278,6 +282,19 @@ def analyze_study(study: Study, reference: str, *, tracking_uri: str = "",
                 frames[path] = table
     status = study.recordings[list(STUDY_COLUMNS)].merge(pd.DataFrame(rows), on="path", how="left")
     return StudyResult(study, frames, loaded.labels, settings.sample_fps, status, notices)
+
+
+def _useful_workers(todo: list[tuple[str, Path]], settings: AnalysisSettings) -> int:
+    """One process per core, fewer when the recordings' sampled frames would not repay their start."""
+    frames = 0.0
+    for path, _ in todo:
+        try:
+            reader = open_frames(Path(path), settings.frame_rate)
+        except DataError:  # reported when the recording is analysed
+            continue
+        frames += reader.frame_count / reader.fps * min(settings.sample_fps, reader.fps)
+        reader.release()
+    return max(1, min(available_cores(), int(frames // FRAMES_PER_WORKER)))
 
 
 def _cache_file(job: _Job, path: Path) -> Path:

@@ -11,6 +11,7 @@ Faces are drawn by `fer_lab.data.synthetic_faces`, the generator of the embedded
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -29,6 +30,10 @@ from fer_lab.faces.detector import DetectorConfig, FaceDetector
 
 DEFAULT_RESPONSES = {"A": "happy", "B": "sad"}
 REVEAL = (1.0, 2.0)  # seconds: the reveal event, surprise in every condition
+# Written beside a finished study: its arguments, so the same call reuses it (bump the version when the
+# drawing of faces or recordings changes).
+RECIPE_FILE = "generated.json"
+GENERATOR_VERSION = 1
 
 
 @dataclass
@@ -56,13 +61,19 @@ def make_study(out_dir: str | os.PathLike[str], *, participants: int = 10,
         checked: Use only faces dlib's HOG detector finds (the stricter of fer_lab's detectors).
 
     Returns:
-        The study's files and truth.
+        The study's files and truth (those already in `out_dir` when it holds this very study).
     """
     responses = dict(responses or DEFAULT_RESPONSES)
     if participants < 2 or len(responses) < 2 or seconds <= REVEAL[1]:
         raise ConfigError(f"a generated study needs >= 2 participants, >= 2 conditions and more than "
                           f"{REVEAL[1]:g} s per recording (got {participants}, {len(responses)}, {seconds:g} s)")
     out_dir = Path(out_dir)
+    recipe = json.dumps({"participants": participants, "responses": responses, "seconds": seconds, "fps": fps,
+                         "face_px": face_px, "seed": seed, "checked": checked, "version": GENERATOR_VERSION})
+    made = _already_made(out_dir, recipe)
+    if made is not None:
+        return made
+    (out_dir / RECIPE_FILE).unlink(missing_ok=True)
     rng = np.random.default_rng(seed)
     labels = sorted({"neutral", "surprise", *responses.values()})
     detector = FaceDetector(DetectorConfig(model="hog")) if checked else None
@@ -89,7 +100,21 @@ def make_study(out_dir: str | os.PathLike[str], *, participants: int = 10,
                  ).to_csv(events_csv, index=False)
     table = pd.DataFrame(truth)
     table.to_csv(out_dir / "truth.csv", index=False)
+    (out_dir / RECIPE_FILE).write_text(recipe)  # last: a study cut short is made again
     return GeneratedStudy(study_csv, events_csv, table)
+
+
+def _already_made(out_dir: Path, recipe: str) -> GeneratedStudy | None:
+    """The study in `out_dir` when it was generated whole from `recipe`, else None."""
+    try:
+        if (out_dir / RECIPE_FILE).read_text() != recipe:
+            return None
+        table = pd.read_csv(out_dir / "truth.csv")
+    except (OSError, ValueError):
+        return None
+    if not all((out_dir / path).is_file() for path in table["path"].unique()):
+        return None
+    return GeneratedStudy(out_dir / "study.csv", out_dir / "events.csv", table)
 
 
 def _faces(label: str, rng: np.random.Generator, face_px: int, detector: FaceDetector | None,

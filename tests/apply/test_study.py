@@ -194,7 +194,7 @@ def generated_study(tmp_path_factory: pytest.TempPathFactory, expression_model):
     generated = study_demo.make_study(root / "gen", participants=10, seed=0)
     settings = study.AnalysisSettings(framing_scale=framing.scale, framing_lift=framing.lift)
     result = study.analyze_study(study.read_study(generated.study_csv, generated.events_csv), run_id,
-                                 tracking_uri=uri, settings=settings, cache_dir=root / "cache", workers=0)
+                                 tracking_uri=uri, settings=settings, cache_dir=root / "cache", workers=2)
     return generated, result, root
 
 
@@ -252,3 +252,27 @@ def test_notebook_07_runs_on_the_sample(sample_dir: Path, expression_model, tmp_
     effects = pd.read_csv(outputs[0])
     response = effects[effects["segment"] == "response"].set_index("measure")
     assert response.loc["share_happy", "significant"] and not effects[effects["segment"] == "reveal"]["significant"].any()
+
+
+def test_worker_processes_only_where_the_frames_repay_their_start(generated_study, monkeypatch) -> None:
+    generated, _, _ = generated_study
+    todo = [(path, Path()) for path in study.read_study(generated.study_csv).recordings["path"]]
+    settings = study.AnalysisSettings(sample_fps=10.0)
+    assert study._useful_workers(todo, settings) == 1  # 20 recordings of 4 s: 800 frames, one process
+    monkeypatch.setattr(study, "FRAMES_PER_WORKER", 100)
+    assert study._useful_workers(todo, settings) == min(2, study.available_cores())
+    assert study._useful_workers(todo[:1], settings) == 1  # one recording of 40 frames
+
+
+def test_a_generated_study_is_reused_only_when_made_whole_with_the_same_arguments(tmp_path: Path) -> None:
+    first = study_demo.make_study(tmp_path, participants=2, seconds=2.5, seed=3)
+    video = tmp_path / first.truth["path"].iloc[0]
+    stamp = video.stat().st_mtime_ns
+    again = study_demo.make_study(tmp_path, participants=2, seconds=2.5, seed=3)
+    assert video.stat().st_mtime_ns == stamp and again.truth.equals(first.truth)
+    study_demo.make_study(tmp_path, participants=2, seconds=2.5, seed=4)  # other arguments: made anew
+    assert video.stat().st_mtime_ns != stamp
+    stamp = video.stat().st_mtime_ns
+    video.unlink()  # a file gone: made anew
+    study_demo.make_study(tmp_path, participants=2, seconds=2.5, seed=4)
+    assert video.is_file() and video.stat().st_mtime_ns != stamp
