@@ -256,6 +256,25 @@ def _add_executor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-cpus", type=int, help="CPUs of a new local Ray cluster (default: this machine's)")
 
 
+def _add_analysis_options(parser: argparse.ArgumentParser, *, model_help: str) -> None:
+    """The options `predict` and `study` share: the model, where to find it, and how faces are found and framed."""
+    parser.add_argument("--model", default="", help=model_help)
+    parser.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    parser.add_argument("--experiment", default="fer-lab", help="experiment searched for the default model")
+    parser.add_argument("--fps", type=float, default=10.0, help="video frames analysed per second (default 10)")
+    parser.add_argument("--detect-every", type=int, default=2,
+                        help="detect faces on every Nth analysed frame, boxes carried in between "
+                             "(default 2; 1 is slower)")
+    parser.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="mediapipe",
+                        help="face detector: dlib HOG (frontal faces of 80 px and more), MediaPipe (smaller and "
+                             "turned faces, eyes levelled before the crop; the default) or dlib's CNN (slow)")
+    parser.add_argument("--crop-scale", type=float, default=None,
+                        help="crop side / detected face box side, as the training images frame faces "
+                             "(default: FER2013's; 06_apply prints the value measured on its dataset)")
+    parser.add_argument("--crop-lift", type=float, default=None,
+                        help="crop centre above the box centre, in box sides (default: FER2013's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="fer-lab", description=__doc__)
@@ -275,27 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="find faces in an image, image folder or video and classify them")
     predict.add_argument("path", help="image file, folder of images, or video (.mp4, .avi, .mov, ...)")
-    predict.add_argument("--model", default="",
-                         help="run id, runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version> "
-                              "or a .keras file written by fer-lab; "
-                              "default: the latest finished 03_train run")
+    _add_analysis_options(predict, model_help="run id, runs:/<id>/model, models:/<name>@<alias>, "
+                          "models:/<name>/<version> or a .keras file written by fer-lab; default: the latest "
+                          "finished 03_train run")
     predict.add_argument("--out", help="folder for the per-face/per-frame CSV and annotated copies (default: print only)")
-    predict.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
-    predict.add_argument("--experiment", default="fer-lab", help="experiment searched for the default model")
-    predict.add_argument("--fps", type=float, default=10.0, help="video frames analysed per second (default 10)")
-    predict.add_argument("--detect-every", type=int, default=2,
-                         help="detect faces on every Nth analysed frame, boxes carried in between (default 2; 1 is slower)")
     predict.add_argument("--max-side", type=int, default=None,
                          help="longer side of the image the face detector sees (default 1024 images, 640 video)")
     predict.add_argument("--threshold", type=float, default=0.0, help="face detector score threshold (default 0)")
-    predict.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="mediapipe",
-                         help="face detector: dlib HOG (frontal faces of 80 px and more), MediaPipe (smaller and "
-                              "turned faces, eyes levelled before the crop; the default) or dlib's CNN (slow)")
-    predict.add_argument("--crop-scale", type=float, default=None,
-                         help="crop side / detected face box side, as the training images frame faces "
-                              "(default: FER2013's; 06_apply prints the value measured on its dataset)")
-    predict.add_argument("--crop-lift", type=float, default=None,
-                         help="crop centre above the box centre, in box sides (default: FER2013's)")
     predict.add_argument("--crops", action="store_true",
                          help="the images are face crops (such as FER2013's 48 px images): classify each whole "
                               "image as one face, without face detection")
@@ -306,22 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     study_.add_argument("study", help="study CSV (path, participant, condition, covariates...) or a folder of "
                                       "recordings (one participant per video or image folder)")
     study_.add_argument("--events", help="events CSV: path or condition, name, start, end (seconds)")
-    study_.add_argument("--model", default="",
-                        help="model reference (see fer-lab predict); default: the latest finished 03_train run")
+    _add_analysis_options(study_, model_help="model reference (see fer-lab predict); default: the latest "
+                          "finished 03_train run")
     study_.add_argument("--out", default="study-results", help="output folder (default study-results)")
     study_.add_argument("--cache", help="analysis cache folder (default: OUT/cache)")
-    study_.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
-    study_.add_argument("--experiment", default="fer-lab", help="experiment searched for the default model")
-    study_.add_argument("--fps", type=float, default=10.0, help="video frames analysed per second (default 10)")
     study_.add_argument("--frame-rate", type=float, default=10.0,
                         help="frames per second of recordings that are folders of images (default 10)")
-    study_.add_argument("--detect-every", type=int, default=2, help="detect faces on every Nth analysed frame")
-    study_.add_argument("--detector", choices=("hog", "mediapipe", "cnn"), default="mediapipe",
-                        help="face detector (see fer-lab predict --help; default mediapipe)")
-    study_.add_argument("--crop-scale", type=float, default=None,
-                        help="crop side / face box side as the training images frame faces (see fer-lab predict)")
-    study_.add_argument("--crop-lift", type=float, default=None, help="crop centre above the box centre, in box sides")
-    study_.add_argument("--workers", type=int, default=0, help="processes (default 0: one per core)")
+    study_.add_argument("--workers", type=int, default=0,
+                        help="processes (default 0: one per core when the recordings are long enough to repay them)")
     study_.add_argument("--method", choices=("auto", "wilcoxon", "mixed"), default="auto",
                         help="paired Wilcoxon tests or a mixed model (default auto: Wilcoxon when every "
                              "participant saw every condition)")
