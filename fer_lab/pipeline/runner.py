@@ -201,12 +201,7 @@ class _WarmKernel:
         asyncio.run(self._send_and_wait(code))  # a loop and ZeroMQ sockets of this thread's own
 
     async def _send_and_wait(self, code: str) -> None:
-        from jupyter_client.session import Session
-
-        # A session of its own: ZeroMQ routes replies by the session id, and a second connection under the
-        # id of the notebook's client would be refused by the kernel's socket.
-        session = Session(key=self.manager.session.key, signature_scheme=self.manager.session.signature_scheme)
-        client = self.manager.client(session=session)
+        client = self.manager.client()
         client.start_channels()
         try:
             await client.wait_for_ready(timeout=KERNEL_START_TIMEOUT)
@@ -217,10 +212,6 @@ class _WarmKernel:
             pass
         finally:
             client.stop_channels()
-
-    def ready(self) -> None:
-        """Wait until the imports have run (the notebook's first cell would wait for them anyway)."""
-        self._warming.join()
 
     def close(self) -> None:
         """Stop the kernel (the executed notebook is done with it, or will never run)."""
@@ -239,7 +230,6 @@ def _execute(notebook: Path, output: Path, parameters: Mapping[str, Any], kernel
     from papermill.exceptions import PapermillExecutionError
 
     try:
-        kernel.ready()
         papermill.execute_notebook(
             str(notebook), str(output), parameters=dict(parameters), kernel_name=kernel.manager.kernel_name,
             km=kernel.manager, cwd=str(notebook.parent), progress_bar=False, start_timeout=KERNEL_START_TIMEOUT,
