@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import asyncio
 import os
 import queue
 import threading
@@ -198,17 +197,16 @@ class _WarmKernel:
         self._warming.start()
 
     def _warm_up(self, code: str) -> None:
-        asyncio.run(self._send_and_wait(code))  # a loop and ZeroMQ sockets of this thread's own
+        from jupyter_client.blocking import BlockingKernelClient
 
-    async def _send_and_wait(self, code: str) -> None:
-        client = self.manager.client()
+        client = BlockingKernelClient()  # this thread's own: ZeroMQ sockets stay in the thread that made them
+        client.load_connection_info(self.manager.get_connection_info())
         client.start_channels()
         try:
-            await client.wait_for_ready(timeout=KERNEL_START_TIMEOUT)
-            request = client.execute(code, silent=True, store_history=False)
-            while (await client.get_shell_msg(timeout=KERNEL_START_TIMEOUT))["parent_header"].get("msg_id") != request:
-                pass  # replies to wait_for_ready's repeated kernel_info requests
-        except (RuntimeError, queue.Empty):  # a kernel that dies or never answers fails the notebook, with its message
+            client.wait_for_ready(timeout=KERNEL_START_TIMEOUT)
+            client.execute(code, silent=True, store_history=False)
+            client.get_shell_msg(timeout=KERNEL_START_TIMEOUT)
+        except (RuntimeError, queue.Empty):  # a kernel that never starts fails the notebook, with its message
             pass
         finally:
             client.stop_channels()
