@@ -7,7 +7,6 @@ is exactly what the notebook ran with, and no notebook repeats the list.
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,39 +25,9 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
     return {name: spec["default"] for name, spec in papermill.inspect_notebook(str(notebook)).items()}
 
 
-def declared_names(notebook: Path) -> list[str]:
-    """Names the `parameters` cell assigns, in order: what `declared_parameters` lists, read without
-    importing papermill (seconds of a kernel's start: its JSON-schema stack builds dozens of parsers)."""
-    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
-        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            tree = ast.parse("".join(cell["source"]))
-            targets = [target for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                       for target in (node.targets if isinstance(node, ast.Assign) else [node.target])]
-            return list(dict.fromkeys(target.id for target in targets if isinstance(target, ast.Name)))
-    return []
-
-
-def code_cells(notebook: Path) -> list[str]:
-    """The source of each code cell, IPython magics and shell lines left out (plain Python)."""
-    return ["\n".join(line for line in "".join(cell["source"]).splitlines() if not line.lstrip().startswith(("%", "!")))
-            for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"] if cell["cell_type"] == "code"]
-
-
-def import_statements(notebook: Path) -> list[str]:
-    """The notebook's top-level import statements, in order (what its kernel can load ahead of time)."""
-    statements = []
-    for source in code_cells(notebook):
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:  # a cell the notebook itself will report
-            continue
-        statements += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
-    return list(dict.fromkeys(statements))
-
-
 def parameter_values(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The current value of each parameter `notebook` declares, read from its `namespace` (its globals)."""
-    declared = declared_names(project.NOTEBOOKS_DIR / f"{notebook}.ipynb")
+    declared = declared_parameters(project.NOTEBOOKS_DIR / f"{notebook}.ipynb")
     return {name: namespace[name] for name in declared if name in namespace}
 
 
