@@ -7,6 +7,7 @@ is exactly what the notebook ran with, and no notebook repeats the list.
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,11 +19,24 @@ from fer_lab.data import synthetic
 TRACKING_PARAMETERS = ("tracking_uri", "experiment", "parent_run_id", "work_dir", "run_name", "optuna_trial")
 
 
-def declared_parameters(notebook: Path) -> dict[str, Any]:
-    """Names and defaults of the notebook's `parameters` cell."""
-    import papermill
+def declared_parameters(notebook: Path) -> dict[str, str]:
+    """Names and default expressions (source text) of the notebook's `parameters` cell, in order.
 
-    return {name: spec["default"] for name, spec in papermill.inspect_notebook(str(notebook)).items()}
+    Read with `ast` rather than `papermill.inspect_notebook`: importing papermill costs a kernel seconds
+    (its JSON-schema stack builds dozens of grammars), and every notebook calls this in its first cell.
+    """
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell["source"])
+            declared = {}
+            for node in ast.parse(source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                    node, ast.AnnAssign) and node.value is not None else []
+                for target in targets:
+                    if isinstance(target, ast.Name):
+                        declared[target.id] = ast.get_source_segment(source, node.value)
+            return declared
+    return {}
 
 
 def parameter_values(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:

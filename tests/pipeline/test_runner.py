@@ -102,6 +102,23 @@ def test_a_params_file_of_the_wrong_shape_is_one_line(tmp_path):
         runner.load_params_files([bad])
 
 
+def test_declared_parameters_read_what_papermill_reads(tmp_path, write_notebook):
+    """The parameters cell read without papermill (a kernel's first cell calls this) agrees with papermill."""
+    import ast
+
+    import papermill
+
+    from fer_lab import project
+    from fer_lab.pipeline import notebook
+
+    edge = write_notebook(tmp_path / "edge.ipynb", 'size: int = 48\nphases = [\n    {"epochs": 2},\n]\nlr = 1e-3  # a comment\n', "pass\n")
+    for path in [edge, *sorted(project.NOTEBOOKS_DIR.glob("*.ipynb"))]:
+        ours = notebook.declared_parameters(path)
+        theirs = papermill.inspect_notebook(str(path))
+        assert list(ours) == list(theirs), path.name
+        assert all(ast.literal_eval(ours[name]) == ast.literal_eval(spec["default"]) for name, spec in theirs.items())
+
+
 def test_parse_overrides_reads_yaml_scalars():
     assert runner.parse_overrides(["a=1", "03_train.lr=0.001", "flag=true", "name=x"]) == {
         "a": 1, "03_train.lr": 0.001, "flag": True, "name": "x"}
