@@ -39,6 +39,24 @@ def declared_parameters(notebook: Path) -> dict[str, str]:
     return {}
 
 
+def code_cells(notebook: Path) -> list[str]:
+    """The source of each code cell, IPython magics and shell lines left out (plain Python)."""
+    return ["\n".join(line for line in "".join(cell["source"]).splitlines() if not line.lstrip().startswith(("%", "!")))
+            for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"] if cell["cell_type"] == "code"]
+
+
+def import_statements(notebook: Path) -> list[str]:
+    """The notebook's top-level import statements, in order (what its kernel can load ahead of time)."""
+    statements = []
+    for source in code_cells(notebook):
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:  # a cell the notebook itself will report
+            continue
+        statements += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return list(dict.fromkeys(statements))
+
+
 def parameter_values(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The current value of each parameter `notebook` declares, read from its `namespace` (its globals)."""
     declared = declared_parameters(project.NOTEBOOKS_DIR / f"{notebook}.ipynb")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
+import queue
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 import zmq
@@ -16,13 +21,22 @@ from traitlets.config import Config
 from fer_lab import _native, project, tracking
 from fer_lab.errors import ConfigError, DataError
 from fer_lab.pipeline import report
-from fer_lab.pipeline.notebook import declared_parameters
+from fer_lab.pipeline.notebook import declared_parameters, import_statements
 from fer_lab.pipeline.report import NotebookResult, PipelineResult
 
 # ipykernel >= 7.3 warns on every start over unencrypted TCP; "auto" encrypts with CurveZMQ when the
 # kernelspec supports it and otherwise starts the kernel as before (jupyter_client rejects "auto"
 # when pyzmq was built without CurveZMQ).
 KERNEL_CONFIG = Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
+# What notebooks load on first use rather than on import: the tracking store behind `tracking`'s lazy
+# names, MLflow's database layer, TensorFlow (quietly).
+WARM_UP = ("import fer_lab.tracking.store", "import mlflow.store.tracking.sqlalchemy_store",
+           "from fer_lab import _native; _native.import_tensorflow()")
+# What the first notebook's kernel skips: loading TensorFlow ahead pays only while another notebook runs.
+TENSORFLOW_WARM_UP = WARM_UP[-1]
+INTERRUPTED = "KeyboardInterrupt: interrupted by the user"
+# Seconds a kernel may take to answer: a warm kernel answers after its imports, which a busy machine slows.
+KERNEL_START_TIMEOUT = 600
 
 
 def discover_notebooks(notebooks_dir: Path = project.NOTEBOOKS_DIR) -> list[Path]:
@@ -169,6 +183,111 @@ def _export_html(notebook: Path) -> Path:
     return target
 
 
+class _WarmKernel:
+    """The next notebook's kernel, started with its imports running while the current notebook executes.
+
+    A kernel's start and imports (MLflow, pandas, TensorFlow) take 8-15 s per notebook, mostly on one
+    core; started a notebook early they overlap the notebook before it. The imports run as a silent
+    request that the kernel finishes before the notebook's first cell, whose own imports are then cached.
+    """
+
+    def __init__(self, notebook: Path, kernel_name: str, cwd: Path, *, ahead: bool = True) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        # nbclient drives the manager with asyncio: a blocking KernelManager deadlocks it.
+        self.manager = AsyncKernelManager(kernel_name=kernel_name, config=KERNEL_CONFIG)
+        run_sync(self.manager.start_kernel)(cwd=str(cwd))
+        warm_up = WARM_UP if ahead else tuple(line for line in WARM_UP if line != TENSORFLOW_WARM_UP)
+        code = "\n".join([*import_statements(notebook), *warm_up])
+        self._warming = threading.Thread(target=self._warm_up, args=(code,), name=f"warm-{notebook.stem}", daemon=True)
+        self._warming.start()
+
+    def _warm_up(self, code: str) -> None:
+        asyncio.run(self._send_and_wait(code))  # a loop and ZeroMQ sockets of this thread's own
+
+    async def _send_and_wait(self, code: str) -> None:
+        from jupyter_client.session import Session
+
+        # A session of its own: ZeroMQ routes replies by the session id, and a second connection under the
+        # id of the notebook's client would be refused by the kernel's socket.
+        session = Session(key=self.manager.session.key, signature_scheme=self.manager.session.signature_scheme)
+        client = self.manager.client(session=session)
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=KERNEL_START_TIMEOUT)
+            request = client.execute(code, silent=True, store_history=False)
+            while (await client.get_shell_msg(timeout=KERNEL_START_TIMEOUT))["parent_header"].get("msg_id") != request:
+                pass  # replies to wait_for_ready's repeated kernel_info requests
+        except (RuntimeError, queue.Empty):  # a kernel that dies or never answers fails the notebook, with its message
+            pass
+        finally:
+            client.stop_channels()
+
+    def ready(self) -> None:
+        """Wait until the imports have run (the notebook's first cell would wait for them anyway)."""
+        self._warming.join()
+
+    def close(self) -> None:
+        """Stop the kernel (the executed notebook is done with it, or will never run)."""
+        from jupyter_core.utils import run_sync
+
+        if run_sync(self.manager.is_alive)():
+            run_sync(self.manager.shutdown_kernel)(now=True)
+        self._warming.join()
+
+
+def _execute(notebook: Path, output: Path, parameters: Mapping[str, Any], kernel: _WarmKernel,
+             log: Any) -> tuple[str, bool]:
+    """Run one notebook with papermill in `kernel`; return its error ("" when it ran through) and whether
+    it was interrupted."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        kernel.ready()
+        papermill.execute_notebook(
+            str(notebook), str(output), parameters=dict(parameters), kernel_name=kernel.manager.kernel_name,
+            km=kernel.manager, cwd=str(notebook.parent), progress_bar=False, start_timeout=KERNEL_START_TIMEOUT,
+            stdout_file=_Echo(log),
+        )
+    except PapermillExecutionError as failure:
+        return f"{failure.ename}: {failure.evalue}", failure.ename == "KeyboardInterrupt"
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the CLI
+        return INTERRUPTED, True
+    except Exception as failure:  # a kernel that died or never started still gets reported, not raised
+        return f"{type(failure).__name__}: {failure}", False
+    return "", False
+
+
+@contextmanager
+def _noted_interrupts() -> Iterator[list[int]]:
+    """Note each Ctrl-C (and each SIGTERM the CLI turns into one) before it is raised as usual.
+
+    On its way out of nbclient the interrupt can arrive as another error (a kernel that died with it);
+    the note is what still makes the runner end its runs KILLED and stop. Only the main thread gets
+    signals, so elsewhere nothing is noted.
+    """
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    wrapped = {number: handler for number, handler in previous.items() if callable(handler)}
+
+    def note(number: int, frame: Any) -> None:
+        noted.append(number)
+        wrapped[number](number, frame)
+
+    for number in wrapped:
+        signal.signal(number, note)
+    try:
+        yield noted
+    finally:
+        for number, handler in wrapped.items():
+            signal.signal(number, handler)
+
+
 class _Echo:
     """What a running notebook prints (03's epoch lines, for one), passed on to `log` as it happens."""
 
@@ -250,51 +369,54 @@ def run_pipeline(
     result = PipelineResult(parent_run_id=parent_id, report_dir=report_dir, tracking_uri=uri, experiment=experiment)
     log(f"pipeline run {parent_id} -> {report_dir}")
 
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # MLflow's download bars would fill the executed notebooks that reviewers read.
     os.environ.setdefault(tracking.PROGRESS_BAR_VARIABLE, "false")
     kernel = _kernel_name()
     interrupted = False
-    for index, notebook in enumerate(selected, start=1):
-        name = notebook.stem
-        output = report_dir / notebook.name
-        parameters = {key: parent_id if key == "parent_run_id" else value for key, value in planned[name].items()}
-        log(f"[{index}/{len(selected)}] {name} ...")
-        started = time.perf_counter()
-        error = ""
+    warm: _WarmKernel | None = None
+    with _noted_interrupts() as noted:
         try:
-            papermill.execute_notebook(
-                str(notebook), str(output), parameters=parameters, kernel_name=kernel,
-                cwd=str(notebooks_dir), progress_bar=False, config=KERNEL_CONFIG, stdout_file=_Echo(log),
-            )
-        except PapermillExecutionError as failure:
-            error = f"{failure.ename}: {failure.evalue}"
-            interrupted = failure.ename == "KeyboardInterrupt"
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the CLI
-            error, interrupted = "KeyboardInterrupt: interrupted by the user", True
-        except Exception as failure:  # a kernel that died or never started still gets reported, not raised
-            error = f"{type(failure).__name__}: {failure}"
-        seconds = time.perf_counter() - started
-        if output.exists():
-            _drop_native_noise(output)
-        html_path = _export_html(output) if output.exists() else None
-        run_id = tracking.notebook_run(experiment_id, parent_id, name)
-        for artifact in (output, html_path):
-            if artifact is not None and artifact.exists():
-                tracking.log_artifact(artifact, "notebook", run_id=run_id)
-        tracking.finish_run(run_id, ok=not error, status="KILLED" if interrupted else "")
-        result.notebooks.append(NotebookResult(name, output, html_path, not error, seconds, run_id, error))
-        log(f"    {'ok' if not error else 'FAILED'} in {seconds:.1f} s" + (f": {error}" if error else ""))
-        if error:
-            break
-        stop = tracking.run_tags(run_id).get(tracking.STOP_TAG) if index < len(selected) else None
-        if stop:
-            log(f"    the pipeline ends here: {stop}")
-            break
+            for index, notebook in enumerate(selected, start=1):
+                name = notebook.stem
+                output = report_dir / notebook.name
+                parameters = {key: parent_id if key == "parent_run_id" else value
+                              for key, value in planned[name].items()}
+                log(f"[{index}/{len(selected)}] {name} ...")
+                started = time.perf_counter()
+                current = None
+                try:
+                    current, warm = warm or _WarmKernel(notebook, kernel, notebooks_dir, ahead=False), None
+                    if index < len(selected):
+                        warm = _WarmKernel(selected[index], kernel, notebooks_dir)
+                    error, interrupted = _execute(notebook, output, parameters, current, log)
+                except KeyboardInterrupt:  # while a kernel started
+                    error, interrupted = INTERRUPTED, True
+                finally:
+                    if current is not None:
+                        current.close()
+                interrupted = interrupted or bool(noted)
+                seconds = time.perf_counter() - started
+                if output.exists():
+                    _drop_native_noise(output)
+                html_path = _export_html(output) if output.exists() else None
+                run_id = tracking.notebook_run(experiment_id, parent_id, name)
+                for artifact in (output, html_path):
+                    if artifact is not None and artifact.exists():
+                        tracking.log_artifact(artifact, "notebook", run_id=run_id)
+                tracking.finish_run(run_id, ok=not error, status="KILLED" if interrupted else "")
+                result.notebooks.append(NotebookResult(name, output, html_path, not error, seconds, run_id, error))
+                log(f"    {'ok' if not error else 'FAILED'} in {seconds:.1f} s" + (f": {error}" if error else ""))
+                if error:
+                    break
+                stop = tracking.run_tags(run_id).get(tracking.STOP_TAG) if index < len(selected) else None
+                if stop:
+                    log(f"    the pipeline ends here: {stop}")
+                    break
+        finally:
+            if warm is not None:
+                warm.close()
     tracking.finish_run(parent_id, ok=result.ok, status="KILLED" if interrupted else "")
     report.write_index(result, summary_dir)
     if interrupted:  # every run is closed and the partial report written: now stop as asked

@@ -119,6 +119,33 @@ def test_declared_parameters_read_what_papermill_reads(tmp_path, write_notebook)
         assert all(ast.literal_eval(ours[name]) == ast.literal_eval(spec["default"]) for name, spec in theirs.items())
 
 
+def test_the_next_kernel_loads_its_imports_while_the_notebook_before_it_runs(tmp_path, write_notebook):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "probe.py").write_text("import time\nLOADED = time.time()\n")  # kernels start in the notebooks folder
+    write_notebook(notebooks / "01_first.ipynb", "nap = 3.0\n",
+                   START.format(name="01_first") + 'import time\ntime.sleep(nap)\nmlflow.log_metric("ended", time.time())\n')
+    write_notebook(notebooks / "02_second.ipynb", "answer = 1\n",
+                   "import probe\n" + START.format(name="02_second") + 'mlflow.log_metric("loaded", probe.LOADED)\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    result = _run((notebooks, data, f"sqlite:///{tmp_path / 'mlflow.db'}"), tmp_path)
+    assert result.ok
+    client = MlflowClient(result.tracking_uri)
+    ended = client.get_run(result.notebooks[0].run_id).data.metrics["ended"]
+    assert client.get_run(result.notebooks[1].run_id).data.metrics["loaded"] < ended
+
+
+def test_the_imports_a_kernel_loads_ahead_are_read_from_each_notebook():
+    from fer_lab import project
+    from fer_lab.pipeline import notebook
+
+    for path in runner.discover_notebooks(project.NOTEBOOKS_DIR):
+        imports = notebook.import_statements(path)
+        assert any(line.startswith("from fer_lab") for line in imports), path.name
+        assert all(line.startswith(("import ", "from ")) for line in imports), imports
+
+
 def test_parse_overrides_reads_yaml_scalars():
     assert runner.parse_overrides(["a=1", "03_train.lr=0.001", "flag=true", "name=x"]) == {
         "a": 1, "03_train.lr": 0.001, "flag": True, "name": "x"}
