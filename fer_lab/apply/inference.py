@@ -13,11 +13,13 @@ Drawing boxes and labels is `fer_lab.apply.annotate`'s.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ from fer_lab.faces.detector import BOX_COLUMNS, DetectorConfig, FaceDetector
 # below the image centre (`measure_framing` on FER2013 training images, two seeds): the default framing.
 FER2013_SCALE = 1.19
 FER2013_LIFT = 0.08
+# Bump when `measure_framing` measures differently: cached measurements are then taken again.
+FRAMING_VERSION = 1
 # Detections weaker than this are not used to measure a dataset's framing.
 FRAMING_MIN_SCORE = 0.0
 # Larger images are refused rather than decoded: 100 Mpx is several times any camera's output.
@@ -95,7 +99,7 @@ def measure_framing(pixels: np.ndarray, *, max_images: int = 300, seed: int = 0)
 
 
 def training_framing(data_path: str | os.PathLike[str], manifest: pd.DataFrame, *, count: int = 300,
-                     seed: int = 0) -> Framing:
+                     seed: int = 0, cache_dir: str | os.PathLike[str] | None = None) -> Framing:
     """`measure_framing` on `count` random readable training images of a dataset.
 
     Args:
@@ -103,6 +107,8 @@ def training_framing(data_path: str | os.PathLike[str], manifest: pd.DataFrame, 
         manifest: Its manifest.
         count: How many training images to sample.
         seed: Chooses the images (and `measure_framing`'s sizes).
+        cache_dir: Where the measurement is kept, keyed by the images chosen (06 and 07 measure the same
+            dataset, each for seconds of face detection); None: measured every time.
 
     Returns:
         The measured framing (FER2013's when too few faces are found).
@@ -110,7 +116,21 @@ def training_framing(data_path: str | os.PathLike[str], manifest: pd.DataFrame, 
     readable = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
     train = readable[readable["split"] == "train"]
     rows = train.sample(n=min(count, len(train)), random_state=seed).reset_index(drop=True)
-    return measure_framing(data.load_pixels(data_path, rows), seed=seed)
+    key = hashlib.sha1("\n".join([f"{FRAMING_VERSION} {count} {seed}", *(rows["path"] + "\t" + rows["sha1"])])
+                       .encode()).hexdigest()[:16]
+    cached = Path(cache_dir) / f"framing-{key}.json" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        try:
+            return Framing(**json.loads(cached.read_text()))
+        except (ValueError, TypeError, FerLabError):  # unreadable: measured again and rewritten
+            pass
+    framing = measure_framing(data.load_pixels(data_path, rows), seed=seed)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".partial")
+        partial.write_text(json.dumps(asdict(framing)))
+        os.replace(partial, cached)
+    return framing
 
 
 def face_square(box: Sequence[float], framing: Framing = Framing()) -> tuple[int, int, int]:

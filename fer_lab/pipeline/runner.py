@@ -35,6 +35,8 @@ WARM_UP = ("import fer_lab.tracking.store", "import mlflow.store.tracking.sqlalc
 # What the first notebook's kernel skips: loading TensorFlow ahead pays only while another notebook runs.
 TENSORFLOW_WARM_UP = WARM_UP[-1]
 INTERRUPTED = "KeyboardInterrupt: interrupted by the user"
+# How many notebooks ahead of its turn a kernel starts loading its imports.
+WARM_AHEAD = 2
 # Seconds a kernel may take to answer: a warm kernel answers after its imports, which a busy machine slows.
 KERNEL_START_TIMEOUT = 600
 
@@ -237,6 +239,37 @@ class _WarmKernel:
         self._warming.join()
 
 
+class _Kernels:
+    """The kernels of the notebooks to run, each started `WARM_AHEAD` notebooks before its turn.
+
+    Two ahead rather than one: a short notebook (05's few seconds) ends before the next kernel's
+    imports do, and the one after it would otherwise wait for them.
+    """
+
+    def __init__(self, notebooks: list[Path], kernel_name: str, cwd: Path) -> None:
+        self.notebooks, self.kernel_name, self.cwd = notebooks, kernel_name, cwd
+        self.started: dict[int, _WarmKernel] = {}
+        self.next = 0  # kernels start in the notebooks' order
+
+    def prepare(self, last: int) -> None:
+        """Start the kernels of the notebooks up to index `last`."""
+        while self.next <= min(last, len(self.notebooks) - 1):
+            # The first notebook waits for its kernel anyway: TensorFlow is not loaded ahead for it.
+            self.started[self.next] = _WarmKernel(self.notebooks[self.next], self.kernel_name, self.cwd,
+                                                  ahead=self.next > 0)
+            self.next += 1
+
+    def take(self, index: int) -> _WarmKernel:
+        """Notebook `index`'s kernel, the next ones starting meanwhile; the caller closes it."""
+        self.prepare(index + WARM_AHEAD)
+        return self.started.pop(index)
+
+    def close(self) -> None:
+        """Stop the kernels no notebook took (the pipeline ended early)."""
+        while self.started:
+            self.started.popitem()[1].close()
+
+
 def _execute(notebook: Path, output: Path, parameters: Mapping[str, Any], kernel: _WarmKernel,
              log: Any) -> tuple[str, bool]:
     """Run one notebook with papermill in `kernel`; return its error ("" when it ran through) and whether
@@ -351,45 +384,43 @@ def run_pipeline(
     shared["parent_run_id"] = ""
     planned = plan_parameters(notebooks, params)
 
-    experiment_id = tracking.experiment_id(experiment, uri)
-    orphans = tracking.fail_orphaned_runs(experiment_id)
-    if orphans:
-        log(f"{len(orphans)} run(s) left RUNNING by a killed process marked FAILED: {', '.join(orphans)}")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    parent_id = tracking.create_run(
-        experiment_id, f"pipeline-{stamp}",
-        {**tracking.base_tags(), "pipeline": "true", "data_dir": str(data_path), **(tags or {})},
-    )
-    # The run id in the name: two pipelines started in the same second still get folders of their own.
-    report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-{data_path.stem}-{parent_id[:8]}"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    summary_dir = report.summary_dir(project.resolve(shared["work_dir"]), parent_id)
-    tracking.log_params({key: value for key, value in shared.items() if key not in ("tracking_uri", "parent_run_id")},
-                        run_id=parent_id)
-    result = PipelineResult(parent_run_id=parent_id, report_dir=report_dir, tracking_uri=uri, experiment=experiment)
-    log(f"pipeline run {parent_id} -> {report_dir}")
-
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # MLflow's download bars would fill the executed notebooks that reviewers read.
     os.environ.setdefault(tracking.PROGRESS_BAR_VARIABLE, "false")
-    kernel = _kernel_name()
+    kernels = _Kernels(selected, _kernel_name(), notebooks_dir)
     interrupted = False
-    warm: _WarmKernel | None = None
     with _noted_interrupts() as noted:
         try:
-            for index, notebook in enumerate(selected, start=1):
+            kernels.prepare(0)  # the first notebook's imports load while the tracking store opens
+            experiment_id = tracking.experiment_id(experiment, uri)
+            orphans = tracking.fail_orphaned_runs(experiment_id)
+            if orphans:
+                log(f"{len(orphans)} run(s) left RUNNING by a killed process marked FAILED: {', '.join(orphans)}")
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            parent_id = tracking.create_run(
+                experiment_id, f"pipeline-{stamp}",
+                {**tracking.base_tags(), "pipeline": "true", "data_dir": str(data_path), **(tags or {})},
+            )
+            # The run id in the name: two pipelines started in the same second still get folders of their own.
+            report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-{data_path.stem}-{parent_id[:8]}"
+            report_dir.mkdir(parents=True, exist_ok=True)
+            summary_dir = report.summary_dir(project.resolve(shared["work_dir"]), parent_id)
+            tracking.log_params({key: value for key, value in shared.items()
+                                 if key not in ("tracking_uri", "parent_run_id")}, run_id=parent_id)
+            result = PipelineResult(parent_run_id=parent_id, report_dir=report_dir, tracking_uri=uri,
+                                    experiment=experiment)
+            log(f"pipeline run {parent_id} -> {report_dir}")
+            for index, notebook in enumerate(selected):
                 name = notebook.stem
                 output = report_dir / notebook.name
                 parameters = {key: parent_id if key == "parent_run_id" else value
                               for key, value in planned[name].items()}
-                log(f"[{index}/{len(selected)}] {name} ...")
+                log(f"[{index + 1}/{len(selected)}] {name} ...")
                 started = time.perf_counter()
                 current = None
                 try:
-                    current, warm = warm or _WarmKernel(notebook, kernel, notebooks_dir, ahead=False), None
-                    if index < len(selected):
-                        warm = _WarmKernel(selected[index], kernel, notebooks_dir)
+                    current = kernels.take(index)
                     error, interrupted = _execute(notebook, output, parameters, current, log)
                 except KeyboardInterrupt:  # while a kernel started
                     error, interrupted = INTERRUPTED, True
@@ -410,13 +441,12 @@ def run_pipeline(
                 log(f"    {'ok' if not error else 'FAILED'} in {seconds:.1f} s" + (f": {error}" if error else ""))
                 if error:
                     break
-                stop = tracking.run_tags(run_id).get(tracking.STOP_TAG) if index < len(selected) else None
+                stop = tracking.run_tags(run_id).get(tracking.STOP_TAG) if index + 1 < len(selected) else None
                 if stop:
                     log(f"    the pipeline ends here: {stop}")
                     break
         finally:
-            if warm is not None:
-                warm.close()
+            kernels.close()
     tracking.finish_run(parent_id, ok=result.ok, status="KILLED" if interrupted else "")
     report.write_index(result, summary_dir)
     if interrupted:  # every run is closed and the partial report written: now stop as asked

@@ -121,6 +121,20 @@ def _save(image: np.ndarray, path: Path) -> Path:
     return path
 
 
+def test_a_dataset_framing_is_measured_once_per_choice_of_images(sample_dir: Path, tmp_path: Path) -> None:
+    manifest = data.build_manifest(sample_dir)
+    measured = inference.training_framing(sample_dir, manifest, count=60, cache_dir=tmp_path)
+    kept = list(tmp_path.glob("framing-*.json"))
+    assert measured.measured_on >= 20 and len(kept) == 1
+    kept[0].write_text('{"scale": 1.5, "lift": 0.1, "measured_on": 99}')  # what the cache holds is what is used
+    assert inference.training_framing(sample_dir, manifest, count=60, cache_dir=tmp_path) == inference.Framing(
+        1.5, 0.1, 99)
+    kept[0].write_text("{not json")  # a damaged entry is measured again, not trusted
+    assert inference.training_framing(sample_dir, manifest, count=60, cache_dir=tmp_path) == measured
+    inference.training_framing(sample_dir, manifest, count=60, seed=1, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("framing-*.json"))) == 2  # other images chosen: measured on its own
+
+
 def test_framing_is_measured_back_from_training_like_crops(predictor: inference.Predictor) -> None:
     # Training images cut around the astronaut's face with a known framing (and slight jitter),
     # then measured: the framing comes back, and crops with it match those images.
