@@ -191,9 +191,12 @@ class _WarmKernel:
     A kernel's start and imports (MLflow, pandas, TensorFlow) take 8-15 s per notebook, mostly on one
     core; started a notebook early they overlap the notebook before it. The imports run as a silent
     request that the kernel finishes before the notebook's first cell, whose own imports are then cached.
+    They wait for those of the kernel `after` (the notebook before), so that warming kernels take one
+    core, not every core the running notebook could use.
     """
 
-    def __init__(self, notebook: Path, kernel_name: str, cwd: Path, *, ahead: bool = True) -> None:
+    def __init__(self, notebook: Path, kernel_name: str, cwd: Path, *, ahead: bool = True,
+                 after: _WarmKernel | None = None) -> None:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
@@ -202,10 +205,13 @@ class _WarmKernel:
         run_sync(self.manager.start_kernel)(cwd=str(cwd))
         warm_up = WARM_UP if ahead else tuple(line for line in WARM_UP if line != TENSORFLOW_WARM_UP)
         code = "\n".join([*import_statements(notebook), *warm_up])
-        self._warming = threading.Thread(target=self._warm_up, args=(code,), name=f"warm-{notebook.stem}", daemon=True)
+        self._warming = threading.Thread(target=self._warm_up, args=(code, after), name=f"warm-{notebook.stem}",
+                                         daemon=True)
         self._warming.start()
 
-    def _warm_up(self, code: str) -> None:
+    def _warm_up(self, code: str, after: _WarmKernel | None) -> None:
+        if after is not None:
+            after.ready()
         asyncio.run(self._send_and_wait(code))  # a loop and ZeroMQ sockets of this thread's own
 
     async def _send_and_wait(self, code: str) -> None:
@@ -256,7 +262,7 @@ class _Kernels:
         while self.next <= min(last, len(self.notebooks) - 1):
             # The first notebook waits for its kernel anyway: TensorFlow is not loaded ahead for it.
             self.started[self.next] = _WarmKernel(self.notebooks[self.next], self.kernel_name, self.cwd,
-                                                  ahead=self.next > 0)
+                                                  ahead=self.next > 0, after=self.started.get(self.next - 1))
             self.next += 1
 
     def take(self, index: int) -> _WarmKernel:
@@ -266,8 +272,8 @@ class _Kernels:
 
     def close(self) -> None:
         """Stop the kernels no notebook took (the pipeline ended early)."""
-        while self.started:
-            self.started.popitem()[1].close()
+        for index in sorted(self.started):  # in order: each warm-up waits for the one before it
+            self.started.pop(index).close()
 
 
 def _execute(notebook: Path, output: Path, parameters: Mapping[str, Any], kernel: _WarmKernel,
