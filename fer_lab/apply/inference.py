@@ -46,6 +46,9 @@ FRAMING_VERSION = 1
 FRAMING_MIN_SCORE = 0.0
 # Larger images are refused rather than decoded: 100 Mpx is several times any camera's output.
 MAX_PIXELS = 100_000_000
+# Where 03_train logs the TFLite copy of its model that inference runs (`export.log_inference_copy`).
+INFERENCE_ARTIFACT = "inference"
+RUNTIMES = ("auto", "keras")
 # References `load_model` may read from disk without MLflow: a run id, or that run's logged model.
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _RUNS_URI = re.compile(r"^runs:/([0-9a-f]{32})/model/?$")
@@ -228,18 +231,21 @@ class LoadedModel:
     labels: tuple[str, ...]
     reference: str
     input_size: int = imaging.MODEL_SIZE
+    runtime: str = "keras"  # or tflite: the run's TFLite copy in the LiteRT interpreter (`fer_lab.apply.runtime`)
 
 
-def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
+def load_model(reference: str, tracking_uri: str = "", runtime: str = "auto") -> LoadedModel:
     """Load a model from any model reference `fer_lab.tracking.resolve_model` takes.
 
-    A run's model in a local sqlite store is read from disk without starting MLflow (`tracking.local`);
-    everything else goes through `tracking.load_reference`.
+    A run's model in a local sqlite store is read from disk without starting MLflow (`tracking.local`):
+    its TFLite copy when the run logged one (no TensorFlow start-up), else its Keras file. Everything
+    else goes through `tracking.load_reference`.
 
     Args:
         reference: A run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION`, an MLflow
             model folder or a `.keras` file written by fer-lab.
         tracking_uri: The store; empty: $MLFLOW_TRACKING_URI, else the project's.
+        runtime: auto (the run's TFLite copy where there is one) or keras (always the Keras model).
 
     Returns:
         The model with its class labels, checked against the input and output contract.
@@ -247,11 +253,27 @@ def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
     from fer_lab import tracking
     from fer_lab.tracking import local
 
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r}: choose {' or '.join(RUNTIMES)}")
     reference = str(reference).strip()
     if not reference:
         raise FerLabError("no model given: pass a run id or a model reference such as runs:/<run id>/model")
     run_match = _RUN_ID.match(reference) or _RUNS_URI.match(reference)
     run_id = (run_match.group(1) if run_match.re is _RUNS_URI else reference) if run_match else ""
+    copy = local.run_artifact(run_id, f"{INFERENCE_ARTIFACT}/model.json", tracking_uri) if (
+        run_id and runtime == "auto") else None
+    if copy is not None:
+        try:
+            from fer_lab.apply.runtime import ExportedModel
+
+            contract = json.loads(copy.read_text())
+            model = ExportedModel(copy.parent / contract["file"])
+            return _checked(model, tuple(contract["labels"]), reference, contract["format"])
+        except ImportError:  # no LiteRT here: the Keras model
+            pass
+        except Exception as error:  # the interpreter raises types of its own for a damaged file
+            warnings.warn(f"{copy.parent}: the TFLite copy cannot be used ({one_line(error)}); loading the Keras model",
+                          stacklevel=2)
     folder = local.local_model_dir(run_id, tracking_uri) if run_id else None
     found = local.load_local_model(folder) if folder else None
     if found and found[1].get("labels"):
@@ -261,13 +283,13 @@ def load_model(reference: str, tracking_uri: str = "") -> LoadedModel:
     return _checked(model, tuple(labels), reference)
 
 
-def _checked(model: Any, labels: tuple[str, ...], reference: str) -> LoadedModel:
+def _checked(model: Any, labels: tuple[str, ...], reference: str, runtime: str = "keras") -> LoadedModel:
     input_shape, output_shape = tuple(model.input_shape), tuple(model.output_shape)
     if len(input_shape) != 4 or input_shape[1] != input_shape[2] or input_shape[3] != 1:
         raise FerLabError(f"model {reference} takes {input_shape}, not (N, size, size, 1) grayscale pixels")
     if output_shape[-1] != len(labels):
         raise FerLabError(f"model {reference} has {output_shape[-1]} outputs but {len(labels)} labels")
-    return LoadedModel(model, labels, reference, int(input_shape[1]))
+    return LoadedModel(model, labels, reference, int(input_shape[1]), runtime)
 
 
 def default_model_reference(experiment: str = "fer-lab", parent_run_id: str = "", tracking_uri: str = "") -> str:

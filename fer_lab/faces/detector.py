@@ -32,7 +32,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 from PIL import Image
@@ -168,6 +168,24 @@ def _non_maximum(boxes: np.ndarray, scores: np.ndarray, overlap: float = 0.3) ->
     return np.asarray(keep, dtype=int)
 
 
+@contextlib.contextmanager
+def _tensorflow_hidden() -> Iterator[None]:
+    """`import tensorflow` fails meanwhile, unless TensorFlow is loaded already.
+
+    MediaPipe imports TensorFlow (seconds) only for a documentation decorator, which it replaces with a
+    no-op when TensorFlow is missing; a `fer-lab predict` that runs a TFLite model needs it nowhere else.
+    """
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]  # an import of it now raises ModuleNotFoundError
+    try:
+        yield
+    finally:
+        if "tensorflow" in sys.modules and sys.modules["tensorflow"] is None:
+            del sys.modules["tensorflow"]
+
+
 def _mediapipe_detector() -> object:
     """MediaPipe's full-range face detector (faces up to about 5 m from the camera), or a ConfigError saying how to install it."""
     import os
@@ -179,7 +197,7 @@ def _mediapipe_detector() -> object:
         # It goes through sys.excepthook (a Jupyter kernel's shows it as a cell error), hence Python's own hook.
         hook, sys.excepthook = sys.excepthook, sys.__excepthook__
         try:
-            with contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stderr(io.StringIO()), _tensorflow_hidden():
                 from mediapipe.python.solutions import face_detection
         finally:
             sys.excepthook = hook

@@ -29,11 +29,9 @@ from fer_lab.pipeline.report import NotebookResult, PipelineResult
 # when pyzmq was built without CurveZMQ).
 KERNEL_CONFIG = Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
 # What notebooks load on first use rather than on import: the tracking store behind `tracking`'s lazy
-# names, MLflow's database layer, TensorFlow (quietly).
-WARM_UP = ("import fer_lab.tracking.store", "import mlflow.store.tracking.sqlalchemy_store",
-           "from fer_lab import _native; _native.import_tensorflow()")
-# What the first notebook's kernel skips: loading TensorFlow ahead pays only while another notebook runs.
-TENSORFLOW_WARM_UP = WARM_UP[-1]
+# names and MLflow's database layer. (TensorFlow comes with the imports of the notebooks that use it;
+# 06 and 07 run the model's TFLite copy without it.)
+WARM_UP = ("import fer_lab.tracking.store", "import mlflow.store.tracking.sqlalchemy_store")
 INTERRUPTED = "KeyboardInterrupt: interrupted by the user"
 # How many notebooks ahead of its turn a kernel starts loading its imports.
 WARM_AHEAD = 2
@@ -195,16 +193,14 @@ class _WarmKernel:
     core, not every core the running notebook could use.
     """
 
-    def __init__(self, notebook: Path, kernel_name: str, cwd: Path, *, ahead: bool = True,
-                 after: _WarmKernel | None = None) -> None:
+    def __init__(self, notebook: Path, kernel_name: str, cwd: Path, *, after: _WarmKernel | None = None) -> None:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
         # nbclient drives the manager with asyncio: a blocking KernelManager deadlocks it.
         self.manager = AsyncKernelManager(kernel_name=kernel_name, config=KERNEL_CONFIG)
         run_sync(self.manager.start_kernel)(cwd=str(cwd))
-        warm_up = WARM_UP if ahead else tuple(line for line in WARM_UP if line != TENSORFLOW_WARM_UP)
-        code = "\n".join([*import_statements(notebook), *warm_up])
+        code = "\n".join([*import_statements(notebook), *WARM_UP])
         self._warming = threading.Thread(target=self._warm_up, args=(code, after), name=f"warm-{notebook.stem}",
                                          daemon=True)
         self._warming.start()
@@ -260,9 +256,8 @@ class _Kernels:
     def prepare(self, last: int) -> None:
         """Start the kernels of the notebooks up to index `last`."""
         while self.next <= min(last, len(self.notebooks) - 1):
-            # The first notebook waits for its kernel anyway: TensorFlow is not loaded ahead for it.
             self.started[self.next] = _WarmKernel(self.notebooks[self.next], self.kernel_name, self.cwd,
-                                                  ahead=self.next > 0, after=self.started.get(self.next - 1))
+                                                  after=self.started.get(self.next - 1))
             self.next += 1
 
     def take(self, index: int) -> _WarmKernel:

@@ -38,22 +38,33 @@ def local_model_dir(run_id: str, tracking_uri: str = "", name: str = "model") ->
     Returns:
         The folder holding its MLmodel file, or None when it cannot be found this way.
     """
+    folder = _local_folder(tracking_uri, "SELECT artifact_location FROM logged_models WHERE source_run_id = ? "
+                           "AND name = ? AND lifecycle_stage = 'active' ORDER BY creation_timestamp_ms DESC LIMIT 1",
+                           (run_id, name))
+    return folder if folder is not None and (folder / "MLmodel").is_file() else None
+
+
+def run_artifact(run_id: str, path: str, tracking_uri: str = "") -> Path | None:
+    """The file `path` among run `run_id`'s artifacts, when the store is a local sqlite file and it exists."""
+    folder = _local_folder(tracking_uri, "SELECT artifact_uri FROM runs WHERE run_uuid = ? "
+                           "AND lifecycle_stage = 'active'", (run_id,))
+    return folder / path if folder is not None and (folder / path).is_file() else None
+
+
+def _local_folder(tracking_uri: str, query: str, parameters: tuple[str, ...]) -> Path | None:
+    """The local folder a one-column `query` of the sqlite store names as a file:// URI; None otherwise."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     database = Path(uri.removeprefix("sqlite:///"))
     if not uri.startswith("sqlite:///") or not database.is_file():
         return None
     try:
         with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as store:
-            row = store.execute(
-                "SELECT artifact_location FROM logged_models WHERE source_run_id = ? AND name = ? "
-                "AND lifecycle_stage = 'active' ORDER BY creation_timestamp_ms DESC LIMIT 1", (run_id, name),
-            ).fetchone()
+            row = store.execute(query, parameters).fetchone()
     except sqlite3.Error:  # another MLflow schema, or a store being migrated: MLflow's loader decides
         return None
     if row is None or not str(row[0]).startswith("file://"):
         return None
-    folder = Path(unquote(urlparse(row[0]).path))
-    return folder if (folder / "MLmodel").is_file() else None
+    return Path(unquote(urlparse(row[0]).path))
 
 
 def load_local_model(folder: Path) -> tuple[Any, dict[str, Any]] | None:

@@ -297,3 +297,37 @@ def test_cli_predict_starts_without_mlflow_and_without_tensorflow_noise(model_st
     pixels = np.random.default_rng(0).integers(0, 255, (3, 48, 48), dtype=np.uint8)
     assert fast.labels == slow.labels
     assert np.allclose(inference.Predictor(fast).probabilities(pixels), slow.probabilities(pixels), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_with_its_tflite_copy_predicts_without_tensorflow(model_store: tuple[str, str, str],
+                                                                 tmp_path: Path) -> None:
+    """03_train logs a TFLite copy beside the Keras model; inference runs it, so `fer-lab predict` imports neither
+    TensorFlow (MediaPipe's detector would, for a decorator) nor MLflow, and answers as the Keras model does."""
+    import subprocess
+    import sys
+
+    from fer_lab import project
+    from fer_lab.apply import export
+
+    uri, _, _ = model_store
+    model = tiny_model(seed=3)
+    with tracking.start_notebook_run("03_train", {}, tracking_uri=uri, experiment="tflite-copy") as run:
+        tracking.log_model(model, data.CLASSES)
+        assert "logged a TFLite copy" in export.log_inference_copy(model, data.CLASSES)
+    copy = inference.load_model(run.info.run_id, uri)
+    original = inference.load_model(run.info.run_id, uri, runtime="keras")
+    assert (copy.runtime, original.runtime) == ("tflite", "keras") and copy.labels == original.labels
+    pixels = np.random.default_rng(1).integers(0, 255, (40, 48, 48), dtype=np.uint8)
+    assert np.abs(inference.Predictor(copy).probabilities(pixels)
+                  - inference.Predictor(original).probabilities(pixels)).max() <= export.INFERENCE_TOLERANCE
+
+    photo = _save(skimage.data.astronaut(), tmp_path / "astronaut.png")
+    script = ("import sys\nfrom fer_lab import cli\ncode = cli.main(sys.argv[1:])\n"
+              "print('loaded:', sorted({name.split('.')[0] for name in sys.modules} & {'mediapipe', 'tensorflow', "
+              "'keras', 'mlflow'}))\nsys.exit(code)\n")
+    finished = subprocess.run([sys.executable, "-c", script, "predict", str(photo), "--model", run.info.run_id,
+                               "--tracking-uri", uri, "--detector", "mediapipe"],
+                              capture_output=True, text=True, cwd=project.ROOT, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert "astronaut.png" in finished.stdout and "loaded: ['mediapipe']" in finished.stdout
