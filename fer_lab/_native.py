@@ -28,6 +28,8 @@ NOISE = re.compile(
     rf"|{_ABSL_LINE}(cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn|cuda_fft|cuda_blas)\.cc:\d+\].*"
     # MediaPipe's face detector, on its first frame: TensorFlow Lite's note about its model's signatures
     rf"|{_ABSL_LINE}inference_feedback_manager\.cc:\d+\] Feedback manager requires a model with a single signature.*"
+    # TensorFlow Lite (MediaPipe's detector, a model's TFLite copy) when its interpreter first runs
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
     r")\s*$")
 _LOCK = threading.Lock()
 

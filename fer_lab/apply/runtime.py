@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_lab import _native
 from fer_lab.errors import ConfigError
 
 
@@ -49,10 +50,14 @@ class ExportedModel:
             return self._session.run(None, {self._input_name: pixels})[0]
         if pixels.shape != self._batch_shape:  # the interpreter is sized for one batch shape at a time
             self._interpreter.resize_tensor_input(self._given["index"], pixels.shape)
-            self._interpreter.allocate_tensors()
+            with _native.quiet_stderr():  # its first run logs which delegate it created
+                self._interpreter.allocate_tensors()
+                self._interpreter.set_tensor(self._given["index"], pixels)
+                self._interpreter.invoke()
             self._batch_shape = pixels.shape
-        self._interpreter.set_tensor(self._given["index"], pixels)
-        self._interpreter.invoke()
+        else:
+            self._interpreter.set_tensor(self._given["index"], pixels)
+            self._interpreter.invoke()
         return np.array(self._interpreter.get_tensor(self._output["index"]))
 
     def predict(self, pixels: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:

@@ -307,7 +307,7 @@ def test_a_run_with_its_tflite_copy_predicts_without_tensorflow(model_store: tup
     import subprocess
     import sys
 
-    from fer_lab import project
+    from fer_lab import _native, project
     from fer_lab.apply import export
 
     uri, _, _ = model_store
@@ -331,3 +331,4 @@ def test_a_run_with_its_tflite_copy_predicts_without_tensorflow(model_store: tup
                               capture_output=True, text=True, cwd=project.ROOT, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert "astronaut.png" in finished.stdout and "loaded: ['mediapipe']" in finished.stdout
+    assert not [line for line in finished.stderr.splitlines() if "XNNPACK" in line or _native.NOISE.match(line)]
