@@ -151,6 +151,7 @@ def _export(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fer_lab import runtime
     from fer_lab.apply import export
 
     exported = export.export_model(args.model, args.format, args.out, quantize=args.quantize,
@@ -159,7 +160,7 @@ def _export(args: argparse.Namespace) -> int:
     print(f"{exported.model_file} ({exported.model_file.stat().st_size / 1e6:.2f} MB) and its contract "
           f"{exported.contract_file}: {len(exported.contract['labels'])} classes; on {parity['probe_images']} probe "
           f"images max |p - p_keras| {parity['max_abs_diff']:.2e}, same class {parity['same_class']:.0%}")
-    if not exported.contract["quantized"] and parity["max_abs_diff"] > export.INFERENCE_TOLERANCE:
+    if not exported.contract["quantized"] and parity["max_abs_diff"] > runtime.INFERENCE_TOLERANCE:
         other = "tflite" if exported.contract["format"] == "onnx" else "onnx"
         print(f"warning: {exported.model_file.name} does not reproduce the Keras model's probabilities (the "
               f"converter changed the model); try --format {other}", file=sys.stderr)

@@ -24,12 +24,11 @@ from fer_lab import __version__
 from fer_lab._shared import one_line, write_atomic
 from fer_lab.apply import inference
 from fer_lab.errors import ConfigError
+from fer_lab.training import deploy
+from fer_lab.training.deploy import PROBE_IMAGES, probe_batch
 
 FORMATS = ("onnx", "tflite")
-PROBE_IMAGES = 32  # images of the probe batch the parity is measured on
 MODEL_STEM = "model"
-# Largest difference from the Keras model's probabilities for which the TFLite copy is used for inference.
-INFERENCE_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -118,59 +117,11 @@ def write_export(model: Any, labels: Sequence[str], fmt: str, out_dir: str | os.
     return Exported(model_file, contract_file, contract)
 
 
-def log_inference_copy(model: Any, labels: Sequence[str]) -> str:
-    """Log a TFLite copy of `model` to the active run (`inference/model.tflite` and its contract).
-
-    `inference.load_model` runs the copy instead of the Keras model: the same probabilities (within
-    INFERENCE_TOLERANCE on the probe batch, else the copy is not logged) without TensorFlow's start-up.
-    TFLite rather than ONNX: tf2onnx has been measured to change a BatchNorm CNN's probabilities by 0.28.
-
-    Args:
-        model: The Keras classifier the run logged.
-        labels: Its class names in output order.
-
-    Returns:
-        One line saying what was logged, or why not.
-    """
-    import mlflow
-
-    run_id = mlflow.active_run().info.run_id
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            exported = write_export(model, labels, "tflite", scratch, source={
-                "reference": f"runs:/{run_id}/model", "run_id": run_id, "name": None, "version": None},
-                failure="cannot export the model to TFLite")
-        except ConfigError as error:
-            return f"no TFLite copy, inference loads the Keras model ({error})"
-        parity = exported.contract["parity"]
-        if parity["max_abs_diff"] > INFERENCE_TOLERANCE or parity["same_class"] < 1.0:
-            return f"no TFLite copy: it differs from the Keras model by up to {parity['max_abs_diff']:.2g}"
-        mlflow.log_artifacts(scratch, inference.INFERENCE_ARTIFACT)
-        megabytes = exported.model_file.stat().st_size / 1e6
-    return (f"logged a TFLite copy for inference ({megabytes:.1f} MB, probabilities "
-            f"within {parity['max_abs_diff']:.1e} of the Keras model's)")
-
-
 def _write(model: Any, fmt: str, path: Path, quantize: bool) -> None:
     if fmt == "onnx":
         model.export(str(path), format="onnx", verbose=False)
         return
-    import tensorflow as tf
-
-    options: dict[str, Any] = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
-    if quantize:
-        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
-    model.export(str(path), format="litert", verbose=False, **options)
-
-
-def probe_batch(size: int, images: int = PROBE_IMAGES, seed: int = 0) -> np.ndarray:
-    """A fixed batch of smooth random float32 images (N, size, size, 1) in 0..255, for parity checks."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (images, 6, 6)).astype(np.float32)
-    import tensorflow as tf
-
-    smooth = tf.image.resize(coarse[..., None], (size, size), method="bilinear").numpy()
-    return np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255).astype(np.float32)
+    deploy.write_tflite(model, path, quantize=quantize)
 
 
 def run_exported(model_file: str | os.PathLike[str], pixels: np.ndarray) -> np.ndarray:
@@ -198,7 +149,7 @@ def exported_predictor(model_file: str | os.PathLike[str]) -> Callable[[np.ndarr
     Returns:
         The predictor.
     """
-    from fer_lab.apply.runtime import ExportedModel
+    from fer_lab.runtime import ExportedModel
 
     model = ExportedModel(model_file)
     return lambda pixels: np.asarray(model.predict_on_batch(pixels), dtype=np.float64)

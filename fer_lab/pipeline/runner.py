@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import ast
-import asyncio
 import os
-import queue
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
-import zmq
-from traitlets.config import Config
 
 from fer_lab import _native, project, tracking
 from fer_lab.errors import ConfigError, DataError
-from fer_lab.pipeline import report
-from fer_lab.pipeline.notebook import declared_parameters, import_statements
+from fer_lab.pipeline import kernels, report
+from fer_lab.pipeline.notebook import declared_parameters
 from fer_lab.pipeline.report import NotebookResult, PipelineResult
 
-# ipykernel >= 7.3 warns on every start over unencrypted TCP; "auto" encrypts with CurveZMQ when the
-# kernelspec supports it and otherwise starts the kernel as before (jupyter_client rejects "auto"
-# when pyzmq was built without CurveZMQ).
-KERNEL_CONFIG = Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
-# What notebooks load on first use rather than on import: the tracking store behind `tracking`'s lazy
-# names and MLflow's database layer. (TensorFlow comes with the imports of the notebooks that use it;
-# 06 and 07 run the model's TFLite copy without it.)
-WARM_UP = ("import fer_lab.tracking.store", "import mlflow.store.tracking.sqlalchemy_store")
 INTERRUPTED = "KeyboardInterrupt: interrupted by the user"
-# How many notebooks ahead of its turn a kernel starts loading its imports.
-WARM_AHEAD = 2
-# Seconds a kernel may take to answer: a warm kernel answers after its imports, which a busy machine slows.
-KERNEL_START_TIMEOUT = 600
 
 
 def discover_notebooks(notebooks_dir: Path = project.NOTEBOOKS_DIR) -> list[Path]:
@@ -145,13 +126,6 @@ def _checked_value(notebook: str, key: str, value: Any, default_source: str) -> 
     return value
 
 
-def _kernel_name() -> str:
-    """The project's registered kernel when present, else the kernel of this Python."""
-    from jupyter_client.kernelspec import find_kernel_specs
-
-    return "fer-lab" if "fer-lab" in find_kernel_specs() else "python3"
-
-
 def _drop_native_noise(notebook: Path) -> None:
     """Remove TensorFlow's C++ start-up lines from the executed notebook's stderr outputs (a notebook that
     imports TensorFlow itself, not through fer_lab's quiet start, still prints them)."""
@@ -183,95 +157,7 @@ def _export_html(notebook: Path) -> Path:
     return target
 
 
-class _WarmKernel:
-    """The next notebook's kernel, started with its imports running while the current notebook executes.
-
-    A kernel's start and imports (MLflow, pandas, TensorFlow) take 8-15 s per notebook, mostly on one
-    core; started a notebook early they overlap the notebook before it. The imports run as a silent
-    request that the kernel finishes before the notebook's first cell, whose own imports are then cached.
-    They wait for those of the kernel `after` (the notebook before), so that warming kernels take one
-    core, not every core the running notebook could use.
-    """
-
-    def __init__(self, notebook: Path, kernel_name: str, cwd: Path, *, after: _WarmKernel | None = None) -> None:
-        from jupyter_client.manager import AsyncKernelManager
-        from jupyter_core.utils import run_sync
-
-        # nbclient drives the manager with asyncio: a blocking KernelManager deadlocks it.
-        self.manager = AsyncKernelManager(kernel_name=kernel_name, config=KERNEL_CONFIG)
-        run_sync(self.manager.start_kernel)(cwd=str(cwd))
-        code = "\n".join([*import_statements(notebook), *WARM_UP])
-        self._warming = threading.Thread(target=self._warm_up, args=(code, after), name=f"warm-{notebook.stem}",
-                                         daemon=True)
-        self._warming.start()
-
-    def _warm_up(self, code: str, after: _WarmKernel | None) -> None:
-        if after is not None:
-            after.ready()
-        asyncio.run(self._send_and_wait(code))  # a loop and ZeroMQ sockets of this thread's own
-
-    async def _send_and_wait(self, code: str) -> None:
-        from jupyter_client.session import Session
-
-        # A session of its own: ZeroMQ routes replies by the session id, and a second connection under the
-        # id of the notebook's client would be refused by the kernel's socket.
-        session = Session(key=self.manager.session.key, signature_scheme=self.manager.session.signature_scheme)
-        client = self.manager.client(session=session)
-        client.start_channels()
-        try:
-            await client.wait_for_ready(timeout=KERNEL_START_TIMEOUT)
-            request = client.execute(code, silent=True, store_history=False)
-            while (await client.get_shell_msg(timeout=KERNEL_START_TIMEOUT))["parent_header"].get("msg_id") != request:
-                pass  # replies to wait_for_ready's repeated kernel_info requests
-        except (RuntimeError, queue.Empty):  # a kernel that dies or never answers fails the notebook, with its message
-            pass
-        finally:
-            client.stop_channels()
-
-    def ready(self) -> None:
-        """Wait until the imports have run (the notebook's first cell would wait for them anyway)."""
-        self._warming.join()
-
-    def close(self) -> None:
-        """Stop the kernel (the executed notebook is done with it, or will never run)."""
-        from jupyter_core.utils import run_sync
-
-        if run_sync(self.manager.is_alive)():
-            run_sync(self.manager.shutdown_kernel)(now=True)
-        self._warming.join()
-
-
-class _Kernels:
-    """The kernels of the notebooks to run, each started `WARM_AHEAD` notebooks before its turn.
-
-    Two ahead rather than one: a short notebook (05's few seconds) ends before the next kernel's
-    imports do, and the one after it would otherwise wait for them.
-    """
-
-    def __init__(self, notebooks: list[Path], kernel_name: str, cwd: Path) -> None:
-        self.notebooks, self.kernel_name, self.cwd = notebooks, kernel_name, cwd
-        self.started: dict[int, _WarmKernel] = {}
-        self.next = 0  # kernels start in the notebooks' order
-
-    def prepare(self, last: int) -> None:
-        """Start the kernels of the notebooks up to index `last`."""
-        while self.next <= min(last, len(self.notebooks) - 1):
-            self.started[self.next] = _WarmKernel(self.notebooks[self.next], self.kernel_name, self.cwd,
-                                                  after=self.started.get(self.next - 1))
-            self.next += 1
-
-    def take(self, index: int) -> _WarmKernel:
-        """Notebook `index`'s kernel, the next ones starting meanwhile; the caller closes it."""
-        self.prepare(index + WARM_AHEAD)
-        return self.started.pop(index)
-
-    def close(self) -> None:
-        """Stop the kernels no notebook took (the pipeline ended early)."""
-        for index in sorted(self.started):  # in order: each warm-up waits for the one before it
-            self.started.pop(index).close()
-
-
-def _execute(notebook: Path, output: Path, parameters: Mapping[str, Any], kernel: _WarmKernel,
+def _execute(notebook: Path, output: Path, parameters: Mapping[str, Any], kernel: kernels.WarmKernel,
              log: Any) -> tuple[str, bool]:
     """Run one notebook with papermill in `kernel`; return its error ("" when it ran through) and whether
     it was interrupted."""
@@ -282,7 +168,8 @@ def _execute(notebook: Path, output: Path, parameters: Mapping[str, Any], kernel
         kernel.ready()
         papermill.execute_notebook(
             str(notebook), str(output), parameters=dict(parameters), kernel_name=kernel.manager.kernel_name,
-            km=kernel.manager, cwd=str(notebook.parent), progress_bar=False, start_timeout=KERNEL_START_TIMEOUT,
+            km=kernel.manager, cwd=str(notebook.parent), progress_bar=False,
+            start_timeout=kernels.KERNEL_START_TIMEOUT,
             stdout_file=_Echo(log),
         )
     except PapermillExecutionError as failure:
@@ -292,34 +179,6 @@ def _execute(notebook: Path, output: Path, parameters: Mapping[str, Any], kernel
     except Exception as failure:  # a kernel that died or never started still gets reported, not raised
         return f"{type(failure).__name__}: {failure}", False
     return "", False
-
-
-@contextmanager
-def _noted_interrupts() -> Iterator[list[int]]:
-    """Note each Ctrl-C (and each SIGTERM the CLI turns into one) before it is raised as usual.
-
-    On its way out of nbclient the interrupt can arrive as another error (a kernel that died with it);
-    the note is what still makes the runner end its runs KILLED and stop. Only the main thread gets
-    signals, so elsewhere nothing is noted.
-    """
-    noted: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield noted
-        return
-    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    wrapped = {number: handler for number, handler in previous.items() if callable(handler)}
-
-    def note(number: int, frame: Any) -> None:
-        noted.append(number)
-        wrapped[number](number, frame)
-
-    for number in wrapped:
-        signal.signal(number, note)
-    try:
-        yield noted
-    finally:
-        for number, handler in wrapped.items():
-            signal.signal(number, handler)
 
 
 class _Echo:
@@ -389,11 +248,11 @@ def run_pipeline(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # MLflow's download bars would fill the executed notebooks that reviewers read.
     os.environ.setdefault(tracking.PROGRESS_BAR_VARIABLE, "false")
-    kernels = _Kernels(selected, _kernel_name(), notebooks_dir)
+    pool = kernels.Kernels(selected, kernels.kernel_name(), notebooks_dir)
     interrupted = False
-    with _noted_interrupts() as noted:
+    with kernels.noted_interrupts() as noted:
         try:
-            kernels.prepare(0)  # the first notebook's imports load while the tracking store opens
+            pool.prepare(0)  # the first notebook's imports load while the tracking store opens
             experiment_id = tracking.experiment_id(experiment, uri)
             orphans = tracking.fail_orphaned_runs(experiment_id)
             if orphans:
@@ -421,7 +280,7 @@ def run_pipeline(
                 started = time.perf_counter()
                 current = None
                 try:
-                    current = kernels.take(index)
+                    current = pool.take(index)
                     error, interrupted = _execute(notebook, output, parameters, current, log)
                 except KeyboardInterrupt:  # while a kernel started
                     error, interrupted = INTERRUPTED, True
@@ -447,7 +306,7 @@ def run_pipeline(
                     log(f"    the pipeline ends here: {stop}")
                     break
         finally:
-            kernels.close()
+            pool.close()
     tracking.finish_run(parent_id, ok=result.ok, status="KILLED" if interrupted else "")
     report.write_index(result, summary_dir)
     if interrupted:  # every run is closed and the partial report written: now stop as asked

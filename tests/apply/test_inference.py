@@ -307,20 +307,20 @@ def test_a_run_with_its_tflite_copy_predicts_without_tensorflow(model_store: tup
     import subprocess
     import sys
 
-    from fer_lab import _native, project
-    from fer_lab.apply import export
+    from fer_lab import _native, project, runtime
+    from fer_lab.training import deploy
 
     uri, _, _ = model_store
     model = tiny_model(seed=3)
     with tracking.start_notebook_run("03_train", {}, tracking_uri=uri, experiment="tflite-copy") as run:
         tracking.log_model(model, data.CLASSES)
-        assert "logged a TFLite copy" in export.log_inference_copy(model, data.CLASSES)
+        assert "logged a TFLite copy" in deploy.log_inference_copy(model, data.CLASSES)
     copy = inference.load_model(run.info.run_id, uri)
     original = inference.load_model(run.info.run_id, uri, runtime="keras")
     assert (copy.runtime, original.runtime) == ("tflite", "keras") and copy.labels == original.labels
     pixels = np.random.default_rng(1).integers(0, 255, (40, 48, 48), dtype=np.uint8)
     assert np.abs(inference.Predictor(copy).probabilities(pixels)
-                  - inference.Predictor(original).probabilities(pixels)).max() <= export.INFERENCE_TOLERANCE
+                  - inference.Predictor(original).probabilities(pixels)).max() <= runtime.INFERENCE_TOLERANCE
 
     photo = _save(skimage.data.astronaut(), tmp_path / "astronaut.png")
     script = ("import sys\nfrom fer_lab import cli\ncode = cli.main(sys.argv[1:])\n"

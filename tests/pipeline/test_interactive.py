@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from nbclient import NotebookClient
 
-from fer_lab.pipeline import runner
+from fer_lab.pipeline import kernels, runner
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
@@ -24,7 +24,7 @@ def test_every_notebook_runs_with_its_defaults_and_records_its_run(temp_project,
     for path in notebooks:
         executed = nbformat.read(path, as_version=4)
         started = time.perf_counter()
-        NotebookClient(executed, kernel_name=runner._kernel_name(), timeout=1800, config=runner.KERNEL_CONFIG,
+        NotebookClient(executed, kernel_name=kernels.kernel_name(), timeout=1800, config=kernels.KERNEL_CONFIG,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         seconds[path.stem] = round(time.perf_counter() - started, 1)
         outputs = [output for cell in executed.cells for output in cell.get("outputs", [])]

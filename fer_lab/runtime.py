@@ -1,7 +1,7 @@
 """Exported models (ONNX, TFLite) behind the calls fer-lab's inference makes of a Keras model.
 
-03_train logs a TFLite copy beside the Keras model (`export.log_inference_copy`, its probabilities
-checked against Keras' on a probe batch). `inference.load_model` prefers it: the LiteRT interpreter
+03_train logs a TFLite copy beside the Keras model (`fer_lab.training.deploy.log_inference_copy`, its
+probabilities checked against Keras' on a probe batch). `inference.load_model` prefers it: the LiteRT interpreter
 starts in a fraction of a second where TensorFlow takes seconds, most of a one-photo `fer-lab predict`.
 """
 
@@ -14,6 +14,11 @@ import numpy as np
 
 from fer_lab import _native
 from fer_lab.errors import ConfigError
+
+# Where 03_train logs the TFLite copy of its model, among the run's artifacts.
+INFERENCE_ARTIFACT = "inference"
+# Largest difference from the Keras model's probabilities for which an exported file counts as the same model.
+INFERENCE_TOLERANCE = 1e-4
 
 
 class ExportedModel:
