@@ -16,7 +16,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,8 +24,7 @@ from fer_lab import __version__
 from fer_lab._shared import one_line, write_atomic
 from fer_lab.apply import inference
 from fer_lab.errors import ConfigError
-from fer_lab.training import deploy
-from fer_lab.training.deploy import PROBE_IMAGES, probe_batch
+from fer_lab.training.deploy import PROBE_IMAGES, probe_batch, write_tflite
 
 FORMATS = ("onnx", "tflite")
 MODEL_STEM = "model"
@@ -63,31 +62,10 @@ def export_model(reference: str, fmt: str, out_dir: str | os.PathLike[str], *, q
         raise ConfigError("--quantize applies to tflite; ONNX is exported in float32")
     loaded = inference.load_model(reference, tracking_uri, runtime="keras")
     ref = tracking.resolve_model(reference)
-    source = {"reference": ref.reference, "run_id": ref.run_id, "name": ref.name, "version": ref.version}
-    return write_export(loaded.model, loaded.labels, fmt, out_dir, quantize=quantize, source=source,
-                        failure=f"cannot export {reference!r} to {fmt}")
-
-
-def write_export(model: Any, labels: Sequence[str], fmt: str, out_dir: str | os.PathLike[str], *,
-                 quantize: bool = False, source: dict[str, Any], failure: str) -> Exported:
-    """Write Keras `model` as `<out_dir>/model.<fmt>` with its contract `model.json` (see `export_model`).
-
-    Args:
-        model: The Keras classifier.
-        labels: Its class names in output order.
-        fmt: onnx or tflite.
-        out_dir: The folder to write to (created).
-        quantize: int8 weights (tflite only).
-        source: Where the model came from, for the contract.
-        failure: The start of the error message when the converter fails.
-
-    Returns:
-        The files written and the contract, with the parity measured on the probe batch.
-    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_file = out / f"{MODEL_STEM}.{fmt}"
-    input_size = int(model.input_shape[1])
+    model, labels, input_size = loaded.model, loaded.labels, loaded.input_size
     probe = probe_batch(input_size)
     # Before the export: Keras' exporters refuse a loaded model that has never been called.
     expected = np.asarray(model.predict(probe, verbose=0), dtype=np.float64)
@@ -96,7 +74,7 @@ def write_export(model: Any, labels: Sequence[str], fmt: str, out_dir: str | os.
         try:
             _write(model, fmt, partial, quantize)
         except Exception as error:  # converters raise many types; the message says which step failed
-            raise ConfigError(f"{failure}: {one_line(error)[:300]}") from error
+            raise ConfigError(f"cannot export {reference!r} to {fmt}: {one_line(error)[:300]}") from error
         os.replace(partial, model_file)
     got = run_exported(model_file, probe)
     contract = {
@@ -108,7 +86,8 @@ def write_export(model: Any, labels: Sequence[str], fmt: str, out_dir: str | os.
                            "meaning": "square crop side = scale x face box side, its centre lift x box side above "
                                       "the box centre (dlib HOG boxes), resized to the input size"}},
         "output": {"shape": [None, len(labels)], "dtype": "float32", "meaning": "softmax probabilities"},
-        "source": {**source, "fer_lab_version": __version__},
+        "source": {"reference": ref.reference, "run_id": ref.run_id, "name": ref.name, "version": ref.version,
+                   "fer_lab_version": __version__},
         "parity": {"probe_images": PROBE_IMAGES, "max_abs_diff": float(np.abs(got - expected).max()),
                    "same_class": float((got.argmax(1) == expected.argmax(1)).mean())},
     }
@@ -121,7 +100,7 @@ def _write(model: Any, fmt: str, path: Path, quantize: bool) -> None:
     if fmt == "onnx":
         model.export(str(path), format="onnx", verbose=False)
         return
-    deploy.write_tflite(model, path, quantize=quantize)
+    write_tflite(model, path, quantize=quantize)
 
 
 def run_exported(model_file: str | os.PathLike[str], pixels: np.ndarray) -> np.ndarray:
