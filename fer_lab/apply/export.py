@@ -3,8 +3,8 @@
 Beside the model file goes a JSON contract: the class labels in output order, the input (float32
 grayscale pixels 0..255, NHWC, the face cropped as the training images frame it) and the output
 (softmax probabilities), where the model came from, and how closely the exported file reproduced the
-Keras model's probabilities on a fixed probe batch when it was written. ONNX goes through Keras'
-own exporter (tf2onnx); TFLite through Keras' LiteRT exporter with TFLite built-in ops only, so the
+Keras model's probabilities on a fixed probe batch when it was written. ONNX goes through tf2onnx from
+an inference-mode trace; TFLite through Keras' LiteRT exporter with TFLite built-in ops only, so the
 file runs in the plain interpreter (`ai_edge_litert`); `quantize` stores its weights as int8
 (dynamic-range quantization: no calibration data needed, activations stay float).
 """

@@ -67,3 +67,22 @@ def test_tflite_float_and_quantized(base_model_store, sample_faces, tmp_path) ->
         export.export_model(run_id, "onnx", tmp_path / "x", quantize=True, tracking_uri=uri)
     with pytest.raises(ConfigError, match="format 'pb'"):
         export.export_model(run_id, "pb", tmp_path / "x", tracking_uri=uri)
+
+
+def test_onnx_reproduces_a_model_that_resizes_before_batchnorm(sample_faces, tmp_path) -> None:
+    # The demo recipe's shape: 48 px in, resized to 32 inside, then BatchNorm. Keras' own ONNX export
+    # traced its BatchNorm in training mode, off by up to 0.5 on this model.
+    import keras
+
+    from fer_lab.training import deploy, models
+
+    config = models.model_config_from_params("cnn", 32, "none", head={"pooling": "avg", "dropout": 0.0},
+                                             cnn={"widths": [8, 16], "convs_per_block": 1, "batchnorm_momentum": 0.9})
+    model = models.build_model(config, 3)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(sample_faces, np.arange(len(sample_faces)) % 3, epochs=2, verbose=0)
+    model.save(tmp_path / "model.keras")
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    deploy.write_onnx(model, tmp_path / "model.onnx")
+    difference = np.abs(export.run_exported(tmp_path / "model.onnx", sample_faces) - model.predict(sample_faces, verbose=0))
+    assert difference.max() <= 1e-4
