@@ -18,8 +18,10 @@ from fer_lab.pipeline import runner, sweeps
 
 
 def test_shipped_sweeps_parse_and_name_real_parameters():
-    for name in ("ci", "fer2013-cpu"):
-        sweep = sweeps.load_sweep(name)
+    files = sorted(sweeps.SWEEPS_DIR.glob("*.yaml"))
+    assert len(files) >= 3
+    for file in files:
+        sweep = sweeps.load_sweep(file)
         assert sweep.space and sweep.notebooks == ("03", "04")
         defaults = runner.plan_parameters(runner.discover_notebooks(), {"shared": {}, "notebooks": {}})
         base = runner.apply_overrides(runner.load_params_files(sweep.params_files), sweep.overrides)
