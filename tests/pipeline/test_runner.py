@@ -168,6 +168,7 @@ runner.run_pipeline(data_dir=data, overrides={"tracking_uri": sys.argv[3], "work
 @pytest.fixture
 def sleeping_pipeline(tmp_path, write_notebook, sample_dir):
     """A pipeline process on the sample whose notebook prints "started" and sleeps two minutes."""
+    import signal
     import subprocess
     import sys
     import time
@@ -181,8 +182,10 @@ def sleeping_pipeline(tmp_path, write_notebook, sample_dir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     script = tmp_path / "interrupted.py"
     script.write_text(INTERRUPTED_PIPELINE)
+    # Ctrl-C as in a terminal: tests started in a background job inherit an ignored SIGINT.
     process = subprocess.Popen([sys.executable, str(script), str(notebooks), str(sample_dir), uri, str(tmp_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.ROOT)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.ROOT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     for line in process.stdout:
         if "started" in line or time.time() > deadline:
