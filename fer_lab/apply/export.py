@@ -24,7 +24,7 @@ from fer_lab import __version__
 from fer_lab._shared import one_line, write_atomic
 from fer_lab.apply import inference
 from fer_lab.errors import ConfigError
-from fer_lab.training.deploy import PROBE_IMAGES, probe_batch, write_tflite
+from fer_lab.training.deploy import PROBE_IMAGES, probe_batch, write_onnx, write_tflite
 
 FORMATS = ("onnx", "tflite")
 MODEL_STEM = "model"
@@ -98,7 +98,7 @@ def export_model(reference: str, fmt: str, out_dir: str | os.PathLike[str], *, q
 
 def _write(model: Any, fmt: str, path: Path, quantize: bool) -> None:
     if fmt == "onnx":
-        model.export(str(path), format="onnx", verbose=False)
+        write_onnx(model, path)
         return
     write_tflite(model, path, quantize=quantize)
 

@@ -72,9 +72,7 @@ def test_tflite_float_and_quantized(base_model_store, sample_faces, tmp_path) ->
 def test_onnx_reproduces_a_model_that_resizes_before_batchnorm(sample_faces, tmp_path) -> None:
     # The demo recipe's shape: 48 px in, resized to 32 inside, then BatchNorm. Keras' own ONNX export
     # traced its BatchNorm in training mode, off by up to 0.5 on this model.
-    import keras
-
-    from fer_lab.training import deploy, models
+    from fer_lab.training import models
 
     config = models.model_config_from_params("cnn", 32, "none", head={"pooling": "avg", "dropout": 0.0},
                                              cnn={"widths": [8, 16], "convs_per_block": 1, "batchnorm_momentum": 0.9})
@@ -82,7 +80,9 @@ def test_onnx_reproduces_a_model_that_resizes_before_batchnorm(sample_faces, tmp
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(sample_faces, np.arange(len(sample_faces)) % 3, epochs=2, verbose=0)
     model.save(tmp_path / "model.keras")
-    model = keras.saving.load_model(tmp_path / "model.keras")
-    deploy.write_onnx(model, tmp_path / "model.onnx")
-    difference = np.abs(export.run_exported(tmp_path / "model.onnx", sample_faces) - model.predict(sample_faces, verbose=0))
-    assert difference.max() <= 1e-4
+    (tmp_path / "labels.json").write_text(json.dumps({"labels": ["a", "b", "c"]}))
+    exported = export.export_model(str(tmp_path / "model.keras"), "onnx", tmp_path / "onnx")
+    assert exported.contract["parity"]["max_abs_diff"] <= 1e-4
+    keras_model, _, _ = tracking.load_reference(str(tmp_path / "model.keras"))
+    difference = export.run_exported(exported.model_file, sample_faces) - keras_model.predict(sample_faces, verbose=0)
+    assert np.abs(difference).max() <= 1e-4
