@@ -40,9 +40,10 @@ def write_tflite(model: Any, path: str | Path, *, quantize: bool = False) -> Non
 def write_onnx(model: Any, path: str | Path) -> None:
     """Keras `model` as an ONNX file (float32), traced in inference mode.
 
-    Not `model.export(format="onnx")`: on a model loaded from MLflow it traced BatchNorm in training mode
-    (moving-statistics updates in the graph) and changed the demo CNN's probabilities by up to 0.28. An
-    explicit `training=False` trace reproduces them within 4e-7.
+    Not `model.export(format="onnx")`: on a model that resizes its input before a BatchNorm (the demo CNN
+    takes 48 px and works at 32) it traced BatchNorm in training mode, moving-statistics updates in the
+    graph, and changed the probabilities by up to 0.28. An explicit `training=False` trace reproduces them
+    within 4e-7.
     """
     import tf2onnx
 
