@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 from fer_lab import project
 from fer_lab._shared import available_cores, one_line, write_atomic
 from fer_lab.errors import ConfigError
-from fer_lab.pipeline.report import NotebookResult, PipelineResult
+from fer_lab.pipeline.report import PipelineResult
 
 SHARED_SCHEMES = ("http://", "https://", "postgresql://", "postgresql+psycopg2://", "mysql://", "mssql://")
 _LOCAL_START_ATTEMPTS = 3
@@ -259,12 +259,7 @@ def _outcome(name: str, payload: dict[str, Any], out_dir: Path) -> VariantOutcom
     if found is None:
         last = next((line for line in reversed(payload["tail"]) if line.strip()), "")
         return VariantOutcome(name, None, error=f"exit code {payload['returncode']}: {last}", **times)
-    result = PipelineResult(found["parent_run_id"], out_dir, found["tracking_uri"], found["experiment"])
-    for item in found["notebooks"]:
-        html = out_dir / item["html"] if item["html"] else None
-        result.notebooks.append(NotebookResult(item["name"], out_dir / item["notebook"], html, item["ok"],
-                                               item["seconds"], item["run_id"], item["error"]))
-    return VariantOutcome(name, result, error=found.get("error", ""), **times)
+    return VariantOutcome(name, PipelineResult.from_dict(found, out_dir), error=found.get("error", ""), **times)
 
 
 def _child_main(spec_file: str, result_file: str, out_dir: str) -> int:
@@ -280,12 +275,7 @@ def _child_main(spec_file: str, result_file: str, out_dir: str) -> int:
     except Exception as failure:  # a bad parameter is this variant's failure, reported on the driver
         print(f"error: {one_line(failure)}", flush=True)
         return 2
-    report = Path(out_dir)
-    notebooks = [{"name": nb.name, "notebook": str(nb.notebook.relative_to(report)),
-                  "html": str(nb.html.relative_to(report)) if nb.html else "", "ok": nb.ok, "seconds": nb.seconds,
-                  "run_id": nb.run_id, "error": nb.error} for nb in result.notebooks]
-    Path(result_file).write_text(json.dumps({"parent_run_id": result.parent_run_id, "tracking_uri": result.tracking_uri,
-                                             "experiment": result.experiment, "notebooks": notebooks}))
+    Path(result_file).write_text(json.dumps(result.to_dict()))
     return 0 if result.ok else 1
 
 

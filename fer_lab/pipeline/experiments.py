@@ -17,10 +17,16 @@ variants:                       # two or more, name -> overrides (may be empty: 
 
 Override keys are `name` (shared by every notebook declaring it) or `NN_notebook.name`, exactly as
 `fer-lab run -p KEY=VALUE`; precedence is params files < `overrides` < the variant < command-line `-p`.
+
+The report folder keeps `experiment.json`, rewritten after every variant: what each variant ran with and
+how it went. Run again with `resume=True` on that folder (`fer-lab run --experiment FILE --resume DIR`),
+an interrupted or partly failed set reuses the variants that finished there with the same settings and
+runs only the others, so a set longer than one working session can finish in the next.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -32,6 +38,7 @@ from typing import Any
 import yaml
 
 from fer_lab import project, tracking
+from fer_lab._shared import write_atomic
 from fer_lab.errors import ConfigError
 from fer_lab.pipeline import report, runner
 from fer_lab.pipeline.report import PipelineResult
@@ -40,6 +47,7 @@ COMPARE_NOTEBOOK = "05_compare"
 EXPERIMENTS_DIR = project.PARAMS_DIR / "experiments"
 _KEYS = {"description", "params", "overrides", "notebooks", "baseline", "variants", "resources"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+STATE_FILE = "experiment.json"
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ def run_experiment(
     executor: str = "local",
     address: str | None = None,
     local_cpus: int | None = None,
+    resume: bool = False,
 ) -> ExperimentResult:
     """Run every variant of an experiment file through the pipeline, then 05_compare over their training runs.
 
@@ -168,9 +177,14 @@ def run_experiment(
             (see `fer_lab.pipeline.cluster`), in parallel as the cluster's resources allow.
         address: The Ray cluster to join (default $RAY_ADDRESS, else a new local cluster).
         local_cpus: CPUs of a new local Ray cluster (default: this machine's).
+        resume: Continue the set in `out_dir`: reuse the variants its STATE_FILE records as finished with
+            the settings they have now, run the others, then compare them all.
 
     Returns:
         Every variant's pipeline result, their training runs and the comparison's result.
+
+    Raises:
+        ConfigError: `resume` without an `out_dir` holding this set's STATE_FILE.
     """
     experiment = load_experiment(file)
     user_overrides = dict(overrides or {})
@@ -179,31 +193,45 @@ def run_experiment(
 
         uri = tracking.configure(str(_shared(experiment, params_files, user_overrides).get("tracking_uri") or ""))
         cluster.require_shared_tracking(uri, remote=not cluster.is_local_address(address or os.environ.get("RAY_ADDRESS")))
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor}: expected local or ray")
+    if resume and out_dir is None:
+        raise ConfigError("resuming an experiment set needs the report folder of the run to continue")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-experiment-{experiment.name}"
+    previous = _load_state(report_dir, experiment.name) if resume else {}
     report_dir.mkdir(parents=True, exist_ok=True)
     files = [*experiment.params_files, *params_files]
     notebooks = variant_notebooks(experiment, runner.discover_notebooks(notebooks_dir))
+    settings = {name: _settings(data_dir, files, {**experiment.overrides, **variant, **user_overrides}, notebooks)
+                for name, variant in experiment.variants.items()}
     result = ExperimentResult(experiment, report_dir)
     log(f"experiment {experiment.name}: {len(experiment.variants)} variants -> {report_dir}")
+    for name, earlier in previous.items():
+        if name not in settings or earlier["pipeline"] is None:
+            continue
+        pipeline = PipelineResult.from_dict(earlier["pipeline"], report_dir / name)
+        if pipeline.ok and earlier["settings"] != settings[name]:
+            log(f"== variant {name}: its settings changed since the run being resumed, so it runs again")
+        elif pipeline.ok:
+            result.variants[name] = pipeline
+            log(f"== variant {name}: reused, it finished in the run being resumed ({pipeline.parent_run_id})")
+    pending = {name: variant for name, variant in experiment.variants.items() if name not in result.variants}
     if executor == "ray":
-        _run_on_ray(experiment, result, data_dir, files, user_overrides, notebooks, notebooks_dir, address,
+        _run_on_ray(experiment, pending, result, data_dir, files, user_overrides, notebooks, notebooks_dir, address,
                     local_cpus, log)
-    elif executor != "local":
-        raise ConfigError(f"--executor {executor}: expected local or ray")
     for name, variant in experiment.variants.items():
-        if executor == "ray":
-            if name not in result.variants:
-                continue
-            pipeline = result.variants[name]
-        else:
+        if executor == "local" and name in pending:
             log(f"== variant {name}")
-            pipeline = runner.run_pipeline(
+            result.variants[name] = runner.run_pipeline(
                 data_dir=data_dir, params_files=files,
                 overrides={**experiment.overrides, **variant, **user_overrides},
                 only=notebooks, out_dir=report_dir / name, notebooks_dir=notebooks_dir, log=log,
                 tags={"experiment_set": experiment.name, "variant": name})
-            result.variants[name] = pipeline
+        _save_state(report_dir, experiment.name, settings, result.variants)
+        if name not in result.variants:
+            continue
+        pipeline = result.variants[name]
         training_run = tracking.training_run_of(pipeline.parent_run_id, pipeline.experiment)
         if training_run and pipeline.ok:  # 05 compares the variants that finished, not a 03 that failed
             tracking.set_tags({"experiment_set": experiment.name, "variant": name}, run_id=training_run)
@@ -225,10 +253,11 @@ def run_experiment(
     return result
 
 
-def _run_on_ray(experiment: ExperimentSet, result: ExperimentResult, data_dir: str | os.PathLike[str] | None,
-                files: list[str], user_overrides: dict[str, Any], notebooks: list[str], notebooks_dir: Path,
-                address: str | None, local_cpus: int | None, log: Any) -> None:
-    """Every variant as a Ray task; each finished variant's pipeline result goes into `result.variants`."""
+def _run_on_ray(experiment: ExperimentSet, variants: Mapping[str, dict[str, Any]], result: ExperimentResult,
+                data_dir: str | os.PathLike[str] | None, files: list[str], user_overrides: dict[str, Any],
+                notebooks: list[str], notebooks_dir: Path, address: str | None, local_cpus: int | None,
+                log: Any) -> None:
+    """Each of `variants` as a Ray task; each finished variant's pipeline result goes into `result.variants`."""
     from fer_lab.pipeline import cluster
 
     shared = _shared(experiment, files[len(experiment.params_files):], user_overrides)
@@ -238,7 +267,7 @@ def _run_on_ray(experiment: ExperimentSet, result: ExperimentResult, data_dir: s
     # Created here, once: variants creating a new sqlite store at the same moment collide on its tables.
     tracking.experiment_id(str(shared.get("experiment") or tracking.DEFAULT_EXPERIMENT), uri)
     with executor:
-        for name, variant in experiment.variants.items():
+        for name, variant in variants.items():
             executor.submit(cluster.VariantSpec(
                 name, str(project.resolve(data_dir)) if data_dir else None, tuple(files),
                 {**experiment.overrides, **variant, **user_overrides, "tracking_uri": uri}, tuple(notebooks),
@@ -261,3 +290,36 @@ def _shared(experiment: ExperimentSet, params_files: Iterable[str | os.PathLike[
     """The shared parameters every variant starts from: params files < the set's overrides < the user's."""
     params = runner.load_params_files([*experiment.params_files, *params_files])
     return runner.apply_overrides(params, {**experiment.overrides, **overrides})["shared"]
+
+
+def _settings(data_dir: str | os.PathLike[str] | None, files: Iterable[str | os.PathLike[str]],
+              overrides: Mapping[str, Any], notebooks: Iterable[str]) -> dict[str, Any]:
+    """What decides a variant's result, as JSON values: a resumed set reuses a variant only if these are unchanged."""
+    return json.loads(json.dumps({"data_dir": str(project.resolve(data_dir)) if data_dir else None,
+                                  "params_files": [str(file) for file in files], "overrides": dict(overrides),
+                                  "notebooks": list(notebooks)}, default=str))
+
+
+def _save_state(report_dir: Path, name: str, settings: Mapping[str, dict[str, Any]],
+                variants: Mapping[str, PipelineResult]) -> None:
+    """Record each variant's settings and, once it ran, its pipeline result in the set's STATE_FILE."""
+    state = {"experiment_set": name,
+             "variants": {variant: {"settings": settings[variant],
+                                    "pipeline": variants[variant].to_dict() if variant in variants else None}
+                          for variant in settings}}
+    write_atomic(report_dir / STATE_FILE, json.dumps(state, indent=1).encode("utf-8"))
+
+
+def _load_state(report_dir: Path, name: str) -> dict[str, dict[str, Any]]:
+    """The variants recorded in the STATE_FILE of a report folder of this set, by name."""
+    path = report_dir / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{report_dir}: nothing to resume, no {STATE_FILE} (written by fer-lab run --experiment)")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        recorded, variants = state["experiment_set"], dict(state["variants"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path}: not an experiment state file ({error})") from error
+    if recorded != name:
+        raise ConfigError(f"{report_dir} holds experiment set {recorded!r}, not {name!r}")
+    return variants

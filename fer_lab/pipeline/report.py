@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -57,6 +57,24 @@ class PipelineResult:
     @property
     def index(self) -> Path:
         return self.report_dir / "index.html"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values, the notebooks' paths relative to the report folder (see `from_dict`)."""
+        notebooks = [{"name": nb.name, "notebook": str(nb.notebook.relative_to(self.report_dir)),
+                      "html": str(nb.html.relative_to(self.report_dir)) if nb.html else "", "ok": nb.ok,
+                      "seconds": nb.seconds, "run_id": nb.run_id, "error": nb.error} for nb in self.notebooks]
+        return {"parent_run_id": self.parent_run_id, "tracking_uri": self.tracking_uri,
+                "experiment": self.experiment, "notebooks": notebooks}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], report_dir: Path) -> PipelineResult:
+        """The result `to_dict` described, its report folder now `report_dir`."""
+        result = cls(values["parent_run_id"], report_dir, values["tracking_uri"], values["experiment"])
+        for item in values["notebooks"]:
+            html_copy = report_dir / item["html"] if item["html"] else None
+            result.notebooks.append(NotebookResult(item["name"], report_dir / item["notebook"], html_copy, item["ok"],
+                                                   item["seconds"], item["run_id"], item["error"]))
+        return result
 
 
 def summary_dir(work_dir: str | Path, pipeline_run_id: str = "") -> Path:

@@ -1,0 +1,93 @@
+"""Experiment sets across sessions: a set interrupted or partly failed is resumed in its report folder."""
+
+import json
+
+import mlflow
+import pytest
+
+from fer_lab import cli
+from fer_lab.errors import ConfigError
+from fer_lab.pipeline import experiments
+
+FAKE_TRAIN = '''
+import mlflow
+from fer_lab import tracking
+if skill < 0:
+    raise ValueError("negative skill")
+tracking.start_notebook_run("03_train", {"skill": skill}, tracking_uri=tracking_uri, experiment=experiment,
+                            parent_run_id=parent_run_id)
+mlflow.log_metric("val_accuracy", 0.5 + 0.1 * skill)
+'''
+
+FAKE_COMPARE = '''
+from fer_lab import tracking
+tracking.start_notebook_run("05_compare", {"run_ids": run_ids, "baseline_run_id": baseline_run_id},
+                            tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
+'''
+
+
+def write_set(path, tmp_path, low: int, high: int) -> None:
+    path.write_text(
+        "description: Does skill pay?\n"
+        f"overrides: {{tracking_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', work_dir: '{tmp_path / 'work'}'}}\n"
+        f"variants:\n  low: {{03_train.skill: {low}}}\n  high: {{03_train.skill: {high}}}\n")
+
+
+def trained_with_skill(skill: int) -> list[str]:
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"params.skill = '{skill}'")
+    return list(runs["run_id"])
+
+
+@pytest.mark.slow
+def test_a_resumed_set_reuses_finished_variants_and_reruns_failed_or_changed_ones(tmp_path, write_notebook) -> None:
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    write_notebook(notebooks / "03_train.ipynb", "skill = 0\n", FAKE_TRAIN)
+    write_notebook(notebooks / "05_compare.ipynb", 'run_ids = ""\nbaseline_run_id = ""\n', FAKE_COMPARE)
+    (tmp_path / "data").mkdir()
+    file, report = tmp_path / "skill.yaml", tmp_path / "report"
+    write_set(file, tmp_path, low=0, high=-1)
+
+    def run(**options):
+        lines: list[str] = []
+        result = experiments.run_experiment(file, data_dir=tmp_path / "data", out_dir=report, notebooks_dir=notebooks,
+                                            log=lines.append, **options)
+        return result, lines
+
+    first, _ = run()
+    assert not first.ok and list(first.training_runs) == ["low"] and first.compare is None
+    state = json.loads((report / experiments.STATE_FILE).read_text())
+    assert state["experiment_set"] == "skill"
+    assert state["variants"]["low"]["pipeline"]["notebooks"][0]["ok"]
+    assert not state["variants"]["high"]["pipeline"]["notebooks"][0]["ok"]
+
+    write_set(file, tmp_path, low=0, high=2)  # the failing variant fixed
+    second, lines = run(resume=True)
+    assert second.ok and second.training_runs["low"] == first.training_runs["low"]
+    assert any(line.startswith("== variant low: reused") for line in lines) and "== variant high" in lines
+    assert trained_with_skill(0) == [first.training_runs["low"]]  # reused, not trained again
+    compared = mlflow.get_run(second.compare.notebooks[0].run_id).data.params["run_ids"].split(",")
+    assert compared == [second.training_runs["low"], second.training_runs["high"]]
+
+    write_set(file, tmp_path, low=1, high=2)  # a finished variant whose settings changed runs again
+    third, lines = run(resume=True)
+    assert third.ok and third.training_runs["high"] == second.training_runs["high"]
+    assert third.training_runs["low"] not in first.training_runs.values()
+    assert "== variant low: its settings changed since the run being resumed, so it runs again" in lines
+    assert mlflow.get_run(third.training_runs["low"]).data.params["skill"] == "1"
+
+
+def test_resume_needs_the_report_folder_of_the_same_set(tmp_path, capsys) -> None:
+    file = tmp_path / "skill.yaml"
+    write_set(file, tmp_path, low=0, high=1)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        experiments.run_experiment(file, out_dir=tmp_path / "empty", resume=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / experiments.STATE_FILE).write_text(json.dumps({"experiment_set": "filtering", "variants": {}}))
+    with pytest.raises(ConfigError, match="holds experiment set 'filtering', not 'skill'"):
+        experiments.run_experiment(file, out_dir=other, resume=True)
+    assert cli.main(["run", "--resume", str(other)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "add --experiment FILE" in error
+    assert not (tmp_path / "mlflow.db").exists()
