@@ -294,10 +294,14 @@ def _shared(experiment: ExperimentSet, params_files: Iterable[str | os.PathLike[
 
 def _settings(data_dir: str | os.PathLike[str] | None, files: Iterable[str | os.PathLike[str]],
               overrides: Mapping[str, Any], notebooks: Iterable[str]) -> dict[str, Any]:
-    """What decides a variant's result, as JSON values: a resumed set reuses a variant only if these are unchanged."""
+    """What decides a variant's result, as JSON values: a resumed set reuses a variant only if these are unchanged.
+
+    The parameters are the merged contents of the params files with the overrides applied, so an edited
+    params file counts as a change even where the set only names it.
+    """
+    parameters = runner.apply_overrides(runner.load_params_files(files), overrides)
     return json.loads(json.dumps({"data_dir": str(project.resolve(data_dir)) if data_dir else None,
-                                  "params_files": [str(file) for file in files], "overrides": dict(overrides),
-                                  "notebooks": list(notebooks)}, default=str))
+                                  "parameters": parameters, "notebooks": list(notebooks)}, default=str))
 
 
 def _save_state(report_dir: Path, name: str, settings: Mapping[str, dict[str, Any]],

@@ -1,6 +1,7 @@
 """Experiment sets across sessions: a set interrupted or partly failed is resumed in its report folder."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -26,11 +27,16 @@ tracking.start_notebook_run("05_compare", {"run_ids": run_ids, "baseline_run_id"
 '''
 
 
-def write_set(path, tmp_path, low: int, high: int) -> None:
+def write_set(tmp_path, high: int, base_skill: int = 0) -> Path:
+    """The set `skill`: variant low takes its skill from a params file, variant high sets its own."""
+    (tmp_path / "base.yaml").write_text(f"notebooks:\n  03_train:\n    skill: {base_skill}\n")
+    path = tmp_path / "skill.yaml"
     path.write_text(
         "description: Does skill pay?\n"
+        f"params: ['{tmp_path / 'base.yaml'}']\n"
         f"overrides: {{tracking_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', work_dir: '{tmp_path / 'work'}'}}\n"
-        f"variants:\n  low: {{03_train.skill: {low}}}\n  high: {{03_train.skill: {high}}}\n")
+        f"variants:\n  low: {{}}\n  high: {{03_train.skill: {high}}}\n")
+    return path
 
 
 def trained_with_skill(skill: int) -> list[str]:
@@ -45,8 +51,7 @@ def test_a_resumed_set_reuses_finished_variants_and_reruns_failed_or_changed_one
     write_notebook(notebooks / "03_train.ipynb", "skill = 0\n", FAKE_TRAIN)
     write_notebook(notebooks / "05_compare.ipynb", 'run_ids = ""\nbaseline_run_id = ""\n', FAKE_COMPARE)
     (tmp_path / "data").mkdir()
-    file, report = tmp_path / "skill.yaml", tmp_path / "report"
-    write_set(file, tmp_path, low=0, high=-1)
+    file, report = write_set(tmp_path, high=-1), tmp_path / "report"
 
     def run(**options):
         lines: list[str] = []
@@ -61,7 +66,7 @@ def test_a_resumed_set_reuses_finished_variants_and_reruns_failed_or_changed_one
     assert state["variants"]["low"]["pipeline"]["notebooks"][0]["ok"]
     assert not state["variants"]["high"]["pipeline"]["notebooks"][0]["ok"]
 
-    write_set(file, tmp_path, low=0, high=2)  # the failing variant fixed
+    write_set(tmp_path, high=2)  # the failing variant fixed
     second, lines = run(resume=True)
     assert second.ok and second.training_runs["low"] == first.training_runs["low"]
     assert any(line.startswith("== variant low: reused") for line in lines) and "== variant high" in lines
@@ -69,7 +74,7 @@ def test_a_resumed_set_reuses_finished_variants_and_reruns_failed_or_changed_one
     compared = mlflow.get_run(second.compare.notebooks[0].run_id).data.params["run_ids"].split(",")
     assert compared == [second.training_runs["low"], second.training_runs["high"]]
 
-    write_set(file, tmp_path, low=1, high=2)  # a finished variant whose settings changed runs again
+    write_set(tmp_path, high=2, base_skill=1)  # an edited params file changes low's settings, not high's
     third, lines = run(resume=True)
     assert third.ok and third.training_runs["high"] == second.training_runs["high"]
     assert third.training_runs["low"] not in first.training_runs.values()
@@ -78,8 +83,7 @@ def test_a_resumed_set_reuses_finished_variants_and_reruns_failed_or_changed_one
 
 
 def test_resume_needs_the_report_folder_of_the_same_set(tmp_path, capsys) -> None:
-    file = tmp_path / "skill.yaml"
-    write_set(file, tmp_path, low=0, high=1)
+    file = write_set(tmp_path, high=1)
     with pytest.raises(ConfigError, match="nothing to resume"):
         experiments.run_experiment(file, out_dir=tmp_path / "empty", resume=True)
     other = tmp_path / "other"
