@@ -102,6 +102,21 @@ def test_a_params_file_of_the_wrong_shape_is_one_line(tmp_path):
         runner.load_params_files([bad])
 
 
+def test_every_shipped_params_file_plans_against_the_notebooks():
+    from fer_lab import project
+    from fer_lab.training import schedule
+
+    notebooks = runner.discover_notebooks()
+    files = sorted(project.PARAMS_DIR.glob("*.yaml"))
+    assert {"ci.yaml", "default.yaml", "fer2013-cpu.yaml"} <= {file.name for file in files}
+    for file in files:
+        # plan_parameters raises on a name no notebook declares or a value of the wrong type.
+        planned = runner.plan_parameters(notebooks, runner.load_params_files([file]))
+        train = planned["03_train"]
+        if "phases" in train:
+            schedule.Schedule.from_config(train["phases"], train.get("cycles", 1))
+
+
 def test_declared_parameters_read_what_papermill_reads(tmp_path, write_notebook):
     """The parameters cell read without papermill (a kernel's first cell calls this) agrees with papermill."""
     import ast
