@@ -17,10 +17,10 @@ def _run(args: argparse.Namespace) -> int:
     # A pipeline stopped by SIGTERM ends like one stopped by Ctrl-C: its MLflow runs KILLED, its report written.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
+    if args.resume and (args.out or not args.experiment):
+        raise FerLabError("--resume REPORT_DIR goes with --experiment FILE and without --out")
     if args.experiment:
         return _run_experiment(args)
-    if args.resume:
-        raise FerLabError("--resume continues an experiment set: add --experiment FILE")
     if args.executor != "local":
         raise FerLabError("--executor ray runs experiment sets and sweeps: add --experiment FILE")
     result = runner.run_pipeline(
@@ -44,8 +44,6 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
     if args.only:
         raise FerLabError("--only cannot be combined with --experiment: the experiment file lists the notebooks")
-    if args.resume and args.out:
-        raise FerLabError("--resume DIR writes into DIR: leave out --out")
     outcome = experiments.run_experiment(
         args.experiment, data_dir=args.data, params_files=args.params,
         overrides=runner.parse_overrides(args.p), out_dir=args.resume or args.out,
@@ -298,9 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="report folder (default: reports/<timestamp>-<dataset>)")
     run.add_argument("--experiment", metavar="FILE.yaml",
                      help="run every variant of an experiment set (params/experiments/NAME.yaml), then 05_compare")
-    run.add_argument("--resume", metavar="REPORT_DIR",
-                     help="with --experiment: continue the set whose report folder this is; variants that finished "
-                          "there with the same settings are reused, the others run, then 05_compare over all")
+    run.add_argument("--resume", metavar="REPORT_DIR", help="with --experiment: finish the set in its report folder, "
+                     "reusing the variants that finished there with the same settings; then 05_compare over all")
     _add_executor_options(run)
     run.set_defaults(handler=_run)
 

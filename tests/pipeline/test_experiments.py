@@ -93,5 +93,5 @@ def test_resume_needs_the_report_folder_of_the_same_set(tmp_path, capsys) -> Non
         experiments.run_experiment(file, out_dir=other, resume=True)
     assert cli.main(["run", "--resume", str(other)]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "add --experiment FILE" in error
+    assert error.count("\n") == 1 and "goes with --experiment FILE" in error
     assert not (tmp_path / "mlflow.db").exists()
