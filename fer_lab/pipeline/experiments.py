@@ -203,23 +203,26 @@ def run_experiment(
     report_dir.mkdir(parents=True, exist_ok=True)
     files = [*experiment.params_files, *params_files]
     notebooks = variant_notebooks(experiment, runner.discover_notebooks(notebooks_dir))
-    settings = {name: _settings(data_dir, files, {**experiment.overrides, **variant, **user_overrides}, notebooks)
+    params = runner.load_params_files(files)
+    settings = {name: _settings(data_dir, params, {**experiment.overrides, **variant, **user_overrides}, notebooks)
                 for name, variant in experiment.variants.items()}
     result = ExperimentResult(experiment, report_dir)
     log(f"experiment {experiment.name}: {len(experiment.variants)} variants -> {report_dir}")
-    for name, earlier in previous.items():
-        if name not in settings or earlier["pipeline"] is None:
+    for name, (earlier_settings, pipeline) in previous.items():
+        if name not in settings or pipeline is None:
             continue
-        pipeline = PipelineResult.from_dict(earlier["pipeline"], report_dir / name)
-        if pipeline.ok and earlier["settings"] != settings[name]:
+        if not pipeline.ok:
+            log(f"== variant {name}: it failed in the run being resumed, so it runs again")
+        elif earlier_settings != settings[name]:
             log(f"== variant {name}: its settings changed since the run being resumed, so it runs again")
-        elif pipeline.ok:
+        else:
             result.variants[name] = pipeline
             log(f"== variant {name}: reused, it finished in the run being resumed ({pipeline.parent_run_id})")
     pending = {name: variant for name, variant in experiment.variants.items() if name not in result.variants}
     if executor == "ray":
         _run_on_ray(experiment, pending, result, data_dir, files, user_overrides, notebooks, notebooks_dir, address,
                     local_cpus, log)
+    _save_state(report_dir, experiment.name, settings, result.variants)
     for name, variant in experiment.variants.items():
         if executor == "local" and name in pending:
             log(f"== variant {name}")
@@ -228,7 +231,7 @@ def run_experiment(
                 overrides={**experiment.overrides, **variant, **user_overrides},
                 only=notebooks, out_dir=report_dir / name, notebooks_dir=notebooks_dir, log=log,
                 tags={"experiment_set": experiment.name, "variant": name})
-        _save_state(report_dir, experiment.name, settings, result.variants)
+            _save_state(report_dir, experiment.name, settings, result.variants)
         if name not in result.variants:
             continue
         pipeline = result.variants[name]
@@ -292,14 +295,14 @@ def _shared(experiment: ExperimentSet, params_files: Iterable[str | os.PathLike[
     return runner.apply_overrides(params, {**experiment.overrides, **overrides})["shared"]
 
 
-def _settings(data_dir: str | os.PathLike[str] | None, files: Iterable[str | os.PathLike[str]],
+def _settings(data_dir: str | os.PathLike[str] | None, params: Mapping[str, Any],
               overrides: Mapping[str, Any], notebooks: Iterable[str]) -> dict[str, Any]:
     """What decides a variant's result, as JSON values: a resumed set reuses a variant only if these are unchanged.
 
     The parameters are the merged contents of the params files with the overrides applied, so an edited
     params file counts as a change even where the set only names it.
     """
-    parameters = runner.apply_overrides(runner.load_params_files(files), overrides)
+    parameters = runner.apply_overrides(params, overrides)
     return json.loads(json.dumps({"data_dir": str(project.resolve(data_dir)) if data_dir else None,
                                   "parameters": parameters, "notebooks": list(notebooks)}, default=str))
 
@@ -314,16 +317,25 @@ def _save_state(report_dir: Path, name: str, settings: Mapping[str, dict[str, An
     write_atomic(report_dir / STATE_FILE, json.dumps(state, indent=1).encode("utf-8"))
 
 
-def _load_state(report_dir: Path, name: str) -> dict[str, dict[str, Any]]:
-    """The variants recorded in the STATE_FILE of a report folder of this set, by name."""
+def _load_state(report_dir: Path, name: str) -> dict[str, tuple[dict[str, Any], PipelineResult | None]]:
+    """Each variant recorded in the STATE_FILE of a report folder of this set: its settings and its result, if it ran."""
     path = report_dir / STATE_FILE
     if not path.is_file():
         raise ConfigError(f"{report_dir}: nothing to resume, no {STATE_FILE} (written by fer-lab run --experiment)")
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-        recorded, variants = state["experiment_set"], dict(state["variants"])
+        recorded, records = state["experiment_set"], dict(state["variants"])
     except (ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"{path}: not an experiment state file ({error})") from error
     if recorded != name:
         raise ConfigError(f"{report_dir} holds experiment set {recorded!r}, not {name!r}")
+    variants = {}
+    for variant, record in records.items():
+        try:
+            pipeline = record["pipeline"]
+            variants[variant] = (dict(record["settings"]),
+                                 None if pipeline is None else PipelineResult.from_dict(pipeline, report_dir / variant))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"{path}: variant {variant!r} has no valid record ({type(error).__name__}: {error})"
+                              ) from error
     return variants

@@ -70,6 +70,7 @@ def test_a_resumed_set_reuses_finished_variants_and_reruns_failed_or_changed_one
     second, lines = run(resume=True)
     assert second.ok and second.training_runs["low"] == first.training_runs["low"]
     assert any(line.startswith("== variant low: reused") for line in lines) and "== variant high" in lines
+    assert "== variant high: it failed in the run being resumed, so it runs again" in lines
     assert trained_with_skill(0) == [first.training_runs["low"]]  # reused, not trained again
     compared = mlflow.get_run(second.compare.notebooks[0].run_id).data.params["run_ids"].split(",")
     assert compared == [second.training_runs["low"], second.training_runs["high"]]
@@ -94,4 +95,7 @@ def test_resume_needs_the_report_folder_of_the_same_set(tmp_path, capsys) -> Non
     assert cli.main(["run", "--resume", str(other)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "goes with --experiment FILE" in error
+    (other / experiments.STATE_FILE).write_text(json.dumps({"experiment_set": "skill", "variants": {"low": {}}}))
+    with pytest.raises(ConfigError, match="variant 'low' has no valid record \\(KeyError: 'pipeline'\\)"):
+        experiments.run_experiment(file, out_dir=other, resume=True)
     assert not (tmp_path / "mlflow.db").exists()
