@@ -18,8 +18,8 @@ variants:                       # two or more, name -> overrides (may be empty: 
 Override keys are `name` (shared by every notebook declaring it) or `NN_notebook.name`, exactly as
 `fer-lab run -p KEY=VALUE`; precedence is params files < `overrides` < the variant < command-line `-p`.
 
-The report folder keeps `experiment.json`, rewritten after every variant: what each variant ran with and
-how it went. Run again on that folder with `resume=True` (`fer-lab run --experiment FILE --resume DIR`):
+The report folder keeps `experiment.json`, written before the variants start and again after each one
+that runs: what each variant runs with and how it went. Run again on that folder with `resume=True` (`fer-lab run --experiment FILE --resume DIR`):
 an interrupted or partly failed set reuses the variants that finished there with the same settings and
 runs only the others, so a set longer than one working session can finish in the next.
 """
@@ -188,10 +188,13 @@ def run_experiment(
     """
     experiment = load_experiment(file)
     user_overrides = dict(overrides or {})
+    files = [*experiment.params_files, *params_files]
+    params = runner.load_params_files(files)
+    shared = runner.apply_overrides(params, {**experiment.overrides, **user_overrides})["shared"]
     if executor == "ray":  # a local store with a remote cluster is refused before anything starts
         from fer_lab.pipeline import cluster
 
-        uri = tracking.configure(str(_shared(experiment, params_files, user_overrides).get("tracking_uri") or ""))
+        uri = tracking.configure(str(shared.get("tracking_uri") or ""))
         cluster.require_shared_tracking(uri, remote=not cluster.is_local_address(address or os.environ.get("RAY_ADDRESS")))
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor {executor}: expected local or ray")
@@ -201,9 +204,7 @@ def run_experiment(
     report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-experiment-{experiment.name}"
     previous = _load_state(report_dir, experiment.name) if resume else {}
     report_dir.mkdir(parents=True, exist_ok=True)
-    files = [*experiment.params_files, *params_files]
     notebooks = variant_notebooks(experiment, runner.discover_notebooks(notebooks_dir))
-    params = runner.load_params_files(files)
     settings = {name: _settings(data_dir, params, {**experiment.overrides, **variant, **user_overrides}, notebooks)
                 for name, variant in experiment.variants.items()}
     result = ExperimentResult(experiment, report_dir)
@@ -219,10 +220,10 @@ def run_experiment(
             result.variants[name] = pipeline
             log(f"== variant {name}: reused, it finished in the run being resumed ({pipeline.parent_run_id})")
     pending = {name: variant for name, variant in experiment.variants.items() if name not in result.variants}
-    if executor == "ray":
-        _run_on_ray(experiment, pending, result, data_dir, files, user_overrides, notebooks, notebooks_dir, address,
-                    local_cpus, log)
     _save_state(report_dir, experiment.name, settings, result.variants)
+    if executor == "ray":
+        _run_on_ray(experiment, pending, result, data_dir, files, shared, user_overrides, settings, notebooks,
+                    notebooks_dir, address, local_cpus, log)
     for name, variant in experiment.variants.items():
         if executor == "local" and name in pending:
             log(f"== variant {name}")
@@ -257,13 +258,16 @@ def run_experiment(
 
 
 def _run_on_ray(experiment: ExperimentSet, variants: Mapping[str, dict[str, Any]], result: ExperimentResult,
-                data_dir: str | os.PathLike[str] | None, files: list[str], user_overrides: dict[str, Any],
-                notebooks: list[str], notebooks_dir: Path, address: str | None, local_cpus: int | None,
-                log: Any) -> None:
-    """Each of `variants` as a Ray task; each finished variant's pipeline result goes into `result.variants`."""
+                data_dir: str | os.PathLike[str] | None, files: list[str], shared: Mapping[str, Any],
+                user_overrides: dict[str, Any], settings: Mapping[str, dict[str, Any]], notebooks: list[str],
+                notebooks_dir: Path, address: str | None, local_cpus: int | None, log: Any) -> None:
+    """Each of `variants` as a Ray task; each finished variant's pipeline result goes into `result.variants`.
+
+    The set's STATE_FILE is saved after each variant that finishes, so a resume after a crash of this
+    process keeps the variants that finished before it.
+    """
     from fer_lab.pipeline import cluster
 
-    shared = _shared(experiment, files[len(experiment.params_files):], user_overrides)
     uri = tracking.configure(str(shared.get("tracking_uri") or ""))
     executor = cluster.RayExecutor(uri, address, num_cpus=experiment.cpus, num_gpus=experiment.gpus,
                                    local_cpus=local_cpus, log=log)
@@ -282,17 +286,11 @@ def _run_on_ray(experiment: ExperimentSet, variants: Mapping[str, dict[str, Any]
                 log(f"== variant {outcome.name} FAILED before its pipeline started: {outcome.error}")
                 continue
             result.variants[outcome.name] = outcome.result
+            _save_state(result.report_dir, experiment.name, settings, result.variants)
             failed = next((nb for nb in outcome.result.notebooks if not nb.ok), None)
             log(f"== variant {outcome.name} on {outcome.node}: "
                 + (f"FAILED in {failed.name}: {failed.error}" if failed else "ok")
                 + f" ({outcome.finished - outcome.started:.0f} s)")
-
-
-def _shared(experiment: ExperimentSet, params_files: Iterable[str | os.PathLike[str]],
-            overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The shared parameters every variant starts from: params files < the set's overrides < the user's."""
-    params = runner.load_params_files([*experiment.params_files, *params_files])
-    return runner.apply_overrides(params, {**experiment.overrides, **overrides})["shared"]
 
 
 def _settings(data_dir: str | os.PathLike[str] | None, params: Mapping[str, Any],

@@ -119,9 +119,19 @@ def test_the_team_server_keeps_runs_in_postgresql(team_server):
 def test_experiment_on_a_local_ray_cluster_against_the_team_server(team_server, sample_dir, tmp_path):
     uri = team_server.tracking_uri
     lines: list[str] = []
+    recorded_when_reported: dict[str, bool] = {}
+
+    def log(line: str) -> None:  # reads the state file the moment a variant is reported finished
+        lines.append(line)
+        if line.startswith("== variant ") and " on " in line:
+            name = line.split()[2]
+            state = json.loads((tmp_path / "report" / experiments.STATE_FILE).read_text())
+            recorded_when_reported[name] = state["variants"][name]["pipeline"] is not None
+
     result = experiments.run_experiment(tiny_experiment(tmp_path, uri), data_dir=sample_dir,
-                                        out_dir=tmp_path / "report", executor="ray", local_cpus=3, log=lines.append)
+                                        out_dir=tmp_path / "report", executor="ray", local_cpus=3, log=log)
     check_ray_experiment(result)
+    assert recorded_when_reported == {"seed0": True, "seed1": True, "broken": True}
     assert "ray: started a local cluster with 3 CPUs" in lines
     client = mlflow.MlflowClient(uri)
     run = client.get_run(result.training_runs["seed1"]).data
