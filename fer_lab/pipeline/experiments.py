@@ -19,9 +19,10 @@ Override keys are `name` (shared by every notebook declaring it) or `NN_notebook
 `fer-lab run -p KEY=VALUE`; precedence is params files < `overrides` < the variant < command-line `-p`.
 
 The report folder keeps `experiment.json`, written before the variants start and again after each one
-that runs: what each variant runs with and how it went. Run again on that folder with `resume=True` (`fer-lab run --experiment FILE --resume DIR`):
-an interrupted or partly failed set reuses the variants that finished there with the same settings and
-runs only the others, so a set longer than one working session can finish in the next.
+that runs: what each variant runs with and how it went. Run again on that folder with `resume=True`
+(`fer-lab run --experiment FILE --resume DIR`): an interrupted or partly failed set reuses the variants
+that finished there with the same settings and runs only the others, so a set longer than one working
+session can finish in the next.
 """
 
 from __future__ import annotations
