@@ -1,6 +1,6 @@
 """A fer-lab model vs the `fer` package's classifier on the same FER2013 PrivateTest images.
 
-    python benchmarks/bench_peers.py --model MODEL [--data PATH] [--limit N]
+    python benchmarks/bench_peers.py --model MODEL [--data PATH] [--limit N] [--tta none|flip|tencrop]
                                      [--peer-python PATH] [--out FILE.json]
 
 MODEL is a run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION` (labels from the
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="use N evenly spaced PrivateTest images (default: all)")
     parser.add_argument("--peer-python", default=os.environ.get("FER_PEER_PYTHON", DEFAULT_PEER_PYTHON),
                         help="Python of the environment with `fer` (default $FER_PEER_PYTHON or %(default)s)")
-    parser.add_argument("--tta", choices=("none", "flip", "tencrop"), default="tencrop",
+    parser.add_argument("--tta", choices=("none", "flip", "tencrop"), default="flip",
                         help="also score fer-lab's model with test-time averaging (default %(default)s)")
     parser.add_argument("--tta-crop", type=int, default=44, help="ten-crop side in pixels (default %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the numbers to this JSON file")
