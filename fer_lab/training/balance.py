@@ -86,9 +86,9 @@ def balance_model(model: keras.Model, pixels: np.ndarray, truth: np.ndarray, cla
                   crop: int = 0) -> dict[str, float]:
     """Fit decision offsets on validation images and write them into `model`; return what changed.
 
-    The validation predictions average the test-time views 04 uses by default (ten crops of the training
-    crop side when the model trained on crops, else the image and its mirror), so the offsets are fitted
-    to the decisions that will be scored.
+    The validation predictions average the test-time views the recipes score with (ten crops of the
+    training crop side when the model trained on crops, else the image and its mirror), so the offsets
+    are fitted to the decisions that will be scored.
 
     Args:
         model: The trained classifier (changed in place).
