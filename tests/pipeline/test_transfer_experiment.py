@@ -10,8 +10,9 @@ from fer_lab.pipeline import experiments, runner
 from fer_lab.training import schedule
 
 
-def test_transfer_phases_has_every_arm_at_both_sizes() -> None:
-    experiment = experiments.load_experiment("transfer-phases")
+@pytest.mark.parametrize(("name", "top"), [("transfer-phases", "top:2"), ("transfer-phases-efficientnet", "0.5")])
+def test_transfer_phases_has_every_arm_at_both_sizes(name: str, top: str) -> None:
+    experiment = experiments.load_experiment(name)
     assert experiment.notebooks == ("03", "04") and experiment.overrides["labels"] == "ferplus"
     assert experiment.overrides["03_train.weights"].startswith("models:/")
     plans = {}
@@ -22,7 +23,7 @@ def test_transfer_phases_has_every_arm_at_both_sizes() -> None:
     for size in (50, 400):
         assert plans[f"scratch_n{size}"][:2] == (size, "none")
         assert plans[f"head_only_n{size}"][2] == "[head(head) 20ep]"
-        assert plans[f"head6_top4_x2_n{size}"][2:] == ("[head(head) 6ep, top(top:2) 4ep] x 2", 20)
+        assert plans[f"head6_top4_x2_n{size}"][2:] == (f"[head(head) 6ep, top({top}) 4ep] x 2", 20)
         assert plans[f"head2_all8_n{size}"][2] == "[head(head) 2ep, all(all) 8ep]"
         assert plans[f"all_only_n{size}"][2:] == ("[all(all) 20ep]", 20)
         assert all(plans[f"{arm}_n{size}"][:2] == (size, "base")
