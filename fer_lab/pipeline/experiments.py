@@ -18,6 +18,10 @@ variants:                       # two or more, name -> overrides (may be empty: 
 Override keys are `name` (shared by every notebook declaring it) or `NN_notebook.name`, exactly as
 `fer-lab run -p KEY=VALUE`; precedence is params files < `overrides` < the variant < command-line `-p`.
 
+A set that asks another set's question on other terms names it with `extends: OTHER` and states only what
+differs: its own keys replace the other set's, except `overrides` and `variants`, which patch the other
+set's key by key (a variant name it lacks adds an arm); a null value drops an inherited override.
+
 The report folder keeps `experiment.json`, written before the variants start and again after each one
 that runs: what each variant runs with and how it went. Run again on that folder with `resume=True`
 (`fer-lab run --experiment FILE --resume DIR`): an interrupted or partly failed set reuses the variants
@@ -46,7 +50,7 @@ from fer_lab.pipeline.report import PipelineResult
 
 COMPARE_NOTEBOOK = "05_compare"
 EXPERIMENTS_DIR = project.PARAMS_DIR / "experiments"
-_KEYS = {"description", "params", "overrides", "notebooks", "baseline", "variants", "resources"}
+_KEYS = {"description", "extends", "params", "overrides", "notebooks", "baseline", "variants", "resources"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STATE_FILE = "experiment.json"
 
@@ -88,15 +92,34 @@ class ExperimentResult:
         return self.report_dir / "index.html"
 
 
-def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
-    """Parse and check an experiment file; a name relative to nothing is looked up in params/experiments/."""
-    path = project.resolve(file)
-    if not path.is_file() and (EXPERIMENTS_DIR / Path(file).name).is_file():
-        path = EXPERIMENTS_DIR / Path(file).name
-    if not path.is_file() and (EXPERIMENTS_DIR / f"{Path(file).name}.yaml").is_file():
-        path = EXPERIMENTS_DIR / f"{Path(file).name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{file}: experiment file not found (sets live in {EXPERIMENTS_DIR})")
+def _find_set(file: str | os.PathLike[str], beside: Path | None = None) -> Path:
+    """The experiment file `file` names: a path, or a set's name (with or without .yaml) beside the file that
+    names it (for `extends`) or in params/experiments/."""
+    folders = [beside] if beside is not None else []
+    candidates = [project.resolve(file)] + [folder / name for folder in (*folders, EXPERIMENTS_DIR)
+                                            for name in (Path(file).name, f"{Path(file).name}.yaml")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(f"{file}: experiment file not found (sets live in {EXPERIMENTS_DIR})")
+
+
+def _patch(inherited: Mapping[str, Any], changes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`inherited` with `changes` applied key by key; a null change drops the key."""
+    patched = dict(inherited)
+    for key, value in (changes or {}).items():
+        if value is None:
+            patched.pop(key, None)
+        else:
+            patched[key] = value
+    return patched
+
+
+def _read_set(file: str | os.PathLike[str], chain: tuple[Path, ...] = ()) -> tuple[Path, dict[str, Any]]:
+    """An experiment file's content with the set it `extends` (if any) merged in."""
+    path = _find_set(file, chain[-1].parent if chain else None)
+    if path in chain:
+        raise ConfigError(f"{file}: 'extends' loops back to {path.name} ({' -> '.join(p.stem for p in chain)})")
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
@@ -106,6 +129,26 @@ def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
     unknown = sorted(set(content) - _KEYS)
     if unknown:
         raise ConfigError(f"{file}: unknown keys {unknown} (allowed: {sorted(_KEYS)})")
+    for key in ("overrides", "variants"):
+        if content.get(key) is not None and not isinstance(content[key], dict):
+            raise ConfigError(f"{file}: '{key}' must be a mapping")
+    if "extends" not in content:
+        return path, content
+    _, parent = _read_set(str(content["extends"]), (*chain, path))
+    merged = {**parent, **{key: value for key, value in content.items() if key != "extends"}}
+    merged["overrides"] = _patch(parent.get("overrides") or {}, content.get("overrides"))
+    variants = {name: dict(values or {}) for name, values in (parent.get("variants") or {}).items()}
+    for name, changes in (content.get("variants") or {}).items():
+        if changes is not None and not isinstance(changes, dict):
+            raise ConfigError(f"{file}: variant {name!r} must map override keys to values")
+        variants[name] = _patch(variants.get(name, {}), changes)
+    merged["variants"] = variants
+    return path, merged
+
+
+def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
+    """Parse and check an experiment file; a name relative to nothing is looked up in params/experiments/."""
+    path, content = _read_set(file)
     variants = content.get("variants")
     if not isinstance(variants, dict) or len(variants) < 2:
         raise ConfigError(f"{file}: 'variants' must map at least two variant names to overrides")
@@ -118,8 +161,6 @@ def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
     if baseline not in variants:
         raise ConfigError(f"{file}: baseline {baseline!r} is not a variant ({', '.join(map(str, variants))})")
     overrides = content.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"{file}: 'overrides' must map override keys to values")
     resources = content.get("resources") or {}
     if not isinstance(resources, dict) or set(resources) - {"cpus", "gpus"} or not all(
             isinstance(value, (int, float)) and value >= 0 for value in resources.values()):

@@ -99,3 +99,32 @@ def test_resume_needs_the_report_folder_of_the_same_set(tmp_path, capsys) -> Non
     with pytest.raises(ConfigError, match="variant 'low' has no valid record \\(KeyError: 'pipeline'\\)"):
         experiments.run_experiment(file, out_dir=other, resume=True)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_set_that_extends_another_states_only_what_differs(tmp_path) -> None:
+    (tmp_path / "cnn.yaml").write_text(
+        "description: Which phases?\nparams: [params/ci.yaml]\nbaseline: scratch\n"
+        "overrides: {03_train.weights: 'models:/cnn@champion', 03_train.cnn: {widths: [8]}, labels: ferplus}\n"
+        "variants:\n  scratch: {03_train.weights: none, 03_train.epochs: 3}\n"
+        "  seed: {03_train.phases: [{name: top, epochs: 2, trainable: 'top:2'}], 03_train.cycles: 2}\n")
+    (tmp_path / "b0.yaml").write_text(
+        "extends: cnn\nparams: [params/fer2013-efficientnet-cpu.yaml]\n"
+        "overrides: {03_train.weights: 'models:/b0@champion', 03_train.cnn: null}\n"
+        "variants:\n  seed: {03_train.phases: [{name: top, epochs: 2, trainable: '0.5'}]}\n"
+        "  head_only: {03_train.phases: [{name: head, epochs: 4, trainable: head}]}\n")
+    child = experiments.load_experiment(tmp_path / "b0.yaml")
+    assert child.name == "b0" and child.description == "Which phases?" and child.baseline == "scratch"
+    assert child.params_files == ("params/fer2013-efficientnet-cpu.yaml",)
+    assert child.overrides == {"03_train.weights": "models:/b0@champion", "labels": "ferplus"}
+    assert list(child.variants) == ["scratch", "seed", "head_only"]
+    assert child.variants["scratch"] == {"03_train.weights": "none", "03_train.epochs": 3}
+    assert child.variants["seed"] == {"03_train.phases": [{"name": "top", "epochs": 2, "trainable": "0.5"}],
+                                      "03_train.cycles": 2}
+    assert experiments.load_experiment(tmp_path / "cnn.yaml").overrides["03_train.cnn"] == {"widths": [8]}
+
+    (tmp_path / "cnn.yaml").write_text("extends: b0\nvariants: {a: {}, b: {}}\n")
+    with pytest.raises(ConfigError, match="'extends' loops back to b0.yaml"):
+        experiments.load_experiment(tmp_path / "b0.yaml")
+    (tmp_path / "b0.yaml").write_text("extends: nowhere\nvariants: {a: {}, b: {}}\n")
+    with pytest.raises(ConfigError, match="nowhere: experiment file not found"):
+        experiments.load_experiment(tmp_path / "b0.yaml")
