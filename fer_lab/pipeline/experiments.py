@@ -132,6 +132,9 @@ def _read_set(file: str | os.PathLike[str], chain: tuple[Path, ...] = ()) -> tup
     for key in ("overrides", "variants"):
         if content.get(key) is not None and not isinstance(content[key], dict):
             raise ConfigError(f"{file}: '{key}' must be a mapping")
+    for name, changes in (content.get("variants") or {}).items():
+        if changes is not None and not isinstance(changes, dict):
+            raise ConfigError(f"{file}: variant {name!r} must map override keys to values")
     if "extends" not in content:
         return path, content
     _, parent = _read_set(str(content["extends"]), (*chain, path))
@@ -139,8 +142,6 @@ def _read_set(file: str | os.PathLike[str], chain: tuple[Path, ...] = ()) -> tup
     merged["overrides"] = _patch(parent.get("overrides") or {}, content.get("overrides"))
     variants = {name: dict(values or {}) for name, values in (parent.get("variants") or {}).items()}
     for name, changes in (content.get("variants") or {}).items():
-        if changes is not None and not isinstance(changes, dict):
-            raise ConfigError(f"{file}: variant {name!r} must map override keys to values")
         variants[name] = _patch(variants.get(name, {}), changes)
     merged["variants"] = variants
     return path, merged
@@ -152,11 +153,9 @@ def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
     variants = content.get("variants")
     if not isinstance(variants, dict) or len(variants) < 2:
         raise ConfigError(f"{file}: 'variants' must map at least two variant names to overrides")
-    for name, overrides in variants.items():
+    for name in variants:
         if not _NAME.match(str(name)):
             raise ConfigError(f"{file}: variant name {name!r} must be letters, digits, '_', '-' or '.'")
-        if overrides is not None and not isinstance(overrides, dict):
-            raise ConfigError(f"{file}: variant {name!r} must map override keys to values")
     baseline = str(content.get("baseline") or next(iter(variants)))
     if baseline not in variants:
         raise ConfigError(f"{file}: baseline {baseline!r} is not a variant ({', '.join(map(str, variants))})")

@@ -266,6 +266,7 @@ def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path, write
     ("variants: {a: {}, b: {}}\nbaseline: c\n", "baseline 'c'"),
     ("variants: {a: {}, b: {}}\nextra: 1\n", "unknown keys"),
     ("variants: {'bad name': {}, b: {}}\n", "variant name"),
+    ("variants: {a: [1], b: {}}\n", "variant 'a' must map override keys to values"),
 ])
 def test_experiment_file_errors(tmp_path, content: str, message: str) -> None:
     path = tmp_path / "set.yaml"
