@@ -201,13 +201,23 @@ def select_runs(experiment: str, run_ids: str = "", *, filter_tags: str = "", fi
     return runs.iloc[::-1].reset_index(drop=True)
 
 
-def run_names(runs: pd.DataFrame) -> pd.Series:
-    """A short unique display name per run: its `variant` tag, else its run name, plus the id's head."""
+def arm_names(runs: pd.DataFrame) -> pd.Series:
+    """The arm of each run: its `variant` tag, else its run name, else its id's head."""
     names = []
     for _, run in runs.iterrows():
         candidates = (run.get("tags.variant"), run.get("tags.mlflow.runName"))
-        base = next((str(value) for value in candidates if isinstance(value, str) and value), "")
-        names.append(f"{base} ({run['run_id'][:6]})" if base else run["run_id"][:8])
+        names.append(next((str(value) for value in candidates if isinstance(value, str) and value), run["run_id"][:8]))
+    return pd.Series(names, index=runs.index, name="arm")
+
+
+def run_names(runs: pd.DataFrame) -> pd.Series:
+    """A short unique display name per run: its arm (`arm_names`), `@seedN` for a run of an experiment set
+    with seeds, and the id's head."""
+    names = []
+    for (_, run), arm in zip(runs.iterrows(), arm_names(runs)):
+        seed = run.get("tags.seed")
+        seeded = f"{arm}@seed{seed}" if isinstance(seed, str) and seed else arm
+        names.append(run["run_id"][:8] if seeded == run["run_id"][:8] else f"{seeded} ({run['run_id'][:6]})")
     return pd.Series(names, index=runs.index, name="run")
 
 
@@ -283,6 +293,80 @@ def mcnemar_against(predictions: Mapping[str, pd.DataFrame], baseline: str) -> d
     if baseline not in predictions:
         return {}
     return {name: mcnemar(predictions[baseline], frame) for name, frame in predictions.items() if name != baseline}
+
+
+def _seeded(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each run's arm, seed and display name; the seed from the `seed` tag, else the `seed` param."""
+    seeds = runs.get("tags.seed", pd.Series(None, index=runs.index, dtype=object))
+    if "params.seed" in runs:
+        seeds = seeds.where(seeds.notna() & (seeds != ""), runs["params.seed"])
+    return pd.DataFrame({"arm": arm_names(runs), "seed": seeds, "name": run_names(runs)})
+
+
+def has_seeds(runs: pd.DataFrame) -> bool:
+    """Whether some arm among `runs` ran with two or more seeds, so it has a spread."""
+    seeded = _seeded(runs).dropna(subset=["seed"])
+    return bool((seeded.groupby("arm")["seed"].nunique() >= 2).any())
+
+
+def seed_summary(runs: pd.DataFrame, split: str = "test",
+                 metrics: tuple[str, ...] = ("accuracy", "accuracy_tta", "macro_f1")) -> pd.DataFrame:
+    """Each arm over its seeds: how many, then mean, standard deviation (n - 1), min and max of `metrics`.
+
+    Args:
+        runs: Training runs as `select_runs` returns them.
+        split: The split 04_evaluate scored.
+        metrics: Summary metrics of that split (without the `test_` prefix).
+
+    Returns:
+        One row per arm, in order of first appearance, with columns `seeds` and `<metric> mean|sd|min|max`
+        for the metrics the runs have.
+    """
+    seeded = _seeded(runs)
+    prefix = metric_prefix(split)
+    rows = []
+    for arm, group in seeded.groupby("arm", sort=False):
+        row: dict[str, object] = {"arm": arm, "seeds": ", ".join(sorted(map(str, group["seed"].dropna().unique())))}
+        for metric in metrics:
+            column = f"metrics.{prefix}{metric}"
+            if column not in runs:
+                continue
+            values = runs.loc[group.index, column].dropna().astype(float)
+            row.update({f"{metric} mean": values.mean(), f"{metric} sd": values.std(ddof=1),
+                        f"{metric} min": values.min(), f"{metric} max": values.max()})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def mcnemar_by_seed(runs: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], baseline: str) -> pd.DataFrame:
+    """McNemar's test of each arm's run against the baseline arm's run of the same seed.
+
+    Args:
+        runs: Training runs as `select_runs` returns them.
+        predictions: Logged predictions by display name (`load_run_predictions`).
+        baseline: The display name of a run of the baseline arm.
+
+    Returns:
+        One row per arm and seed both arms ran with predictions: accuracies, the discordant counts and p.
+    """
+    seeded = _seeded(runs).set_index("name")
+    if baseline not in seeded.index:
+        raise ConfigError(f"baseline run {baseline!r} is not among the compared runs")
+    base_arm = seeded.loc[baseline, "arm"]
+    by_seed = {seed: name for name, (arm, seed) in seeded[["arm", "seed"]].iterrows()
+               if arm == base_arm and name in predictions}
+    rows = []
+    for name, (arm, seed) in seeded[["arm", "seed"]].iterrows():
+        reference = by_seed.get(seed)
+        if arm == base_arm or reference is None or name not in predictions:
+            continue
+        result = mcnemar(predictions[reference], predictions[name])
+        rows.append({"arm": arm, "seed": seed, "baseline_accuracy": accuracy_from_predictions(predictions[reference]),
+                     "accuracy": accuracy_from_predictions(predictions[name]), "only_baseline_correct": result.only_a,
+                     "only_arm_correct": result.only_b, "p_value": result.p_value,
+                     "significant": significance_stars(result.p_value)})
+    return pd.DataFrame(rows, columns=["arm", "seed", "baseline_accuracy", "accuracy", "only_baseline_correct",
+                                       "only_arm_correct", "p_value", "significant"])
 
 
 def significance_stars(p_value: float) -> str:

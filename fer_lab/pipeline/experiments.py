@@ -10,13 +10,19 @@ overrides:                      # optional overrides for every variant, keys as 
 notebooks: [01, 02, 03, 04]     # optional; the notebooks each variant runs (default: all before 05)
 resources: {cpus: 2, gpus: 0}   # optional; what one variant takes on a Ray cluster (`--executor ray`)
 baseline: unfiltered            # optional; the variant 05_compare measures the others against
-variants:                       # two or more, name -> overrides (may be empty: {})
+seeds: [0, 1, 2]                # optional; every variant runs once per seed
+variants:                       # name -> overrides (may be empty: {}); two or more runs in all
   unfiltered: {02_filter_faces.apply_filter: false}
   filtered: {02_filter_faces.apply_filter: true}
 ```
 
 Override keys are `name` (shared by every notebook declaring it) or `NN_notebook.name`, exactly as
 `fer-lab run -p KEY=VALUE`; precedence is params files < `overrides` < the variant < command-line `-p`.
+
+With `seeds`, each variant is an arm that runs once per seed as `ARM@seedN` (one variant with several seeds
+is a set too: a recipe's spread over seeds). Its runs are tagged `variant=ARM` and `seed=N`, a run name a
+notebook is given becomes `NAME-seedN` (runs of one name would resume each other), and 05_compare adds
+each arm's mean and spread over the seeds and McNemar's test against the baseline arm seed by seed.
 
 A set that asks another set's question on other terms names it with `extends: OTHER` and states only what
 differs: its own keys replace the other set's, except `overrides` and `variants`, which patch the other
@@ -50,14 +56,15 @@ from fer_lab.pipeline.report import PipelineResult
 
 COMPARE_NOTEBOOK = "05_compare"
 EXPERIMENTS_DIR = project.PARAMS_DIR / "experiments"
-_KEYS = {"description", "extends", "params", "overrides", "notebooks", "baseline", "variants", "resources"}
+_KEYS = {"description", "extends", "params", "overrides", "notebooks", "baseline", "variants", "resources", "seeds"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STATE_FILE = "experiment.json"
+SEED_MARKER = "@seed"  # `ARM@seedN`: arm names cannot hold '@'
 
 
 @dataclass(frozen=True)
 class ExperimentSet:
-    """A parsed experiment file."""
+    """A parsed experiment file; with `seeds`, `variants` holds one entry per arm and seed (see `arm_of`)."""
 
     name: str
     description: str
@@ -68,6 +75,17 @@ class ExperimentSet:
     variants: dict[str, dict[str, Any]]
     cpus: float = 1
     gpus: float = 0
+    seeds: tuple[int, ...] = ()
+
+    def arm_of(self, variant: str) -> tuple[str, int | None]:
+        """The arm a variant belongs to and its seed (None for a set without `seeds`)."""
+        arm, marker, seed = variant.rpartition(SEED_MARKER)
+        return (arm, int(seed)) if self.seeds and marker else (variant, None)
+
+    def tags(self, variant: str) -> dict[str, str]:
+        """The MLflow tags of a variant's runs."""
+        arm, seed = self.arm_of(variant)
+        return {"experiment_set": self.name, "variant": arm, **({"seed": str(seed)} if seed is not None else {})}
 
 
 @dataclass
@@ -151,14 +169,23 @@ def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
     """Parse and check an experiment file; a name relative to nothing is looked up in params/experiments/."""
     path, content = _read_set(file)
     variants = content.get("variants")
-    if not isinstance(variants, dict) or len(variants) < 2:
-        raise ConfigError(f"{file}: 'variants' must map at least two variant names to overrides")
+    seeds = _seeds(file, content.get("seeds"))
+    if not isinstance(variants, dict) or len(variants) * max(1, len(seeds)) < 2:
+        raise ConfigError(f"{file}: 'variants' must map at least two variant names to overrides "
+                          "(or one, with two or more 'seeds')")
     for name in variants:
         if not _NAME.match(str(name)):
             raise ConfigError(f"{file}: variant name {name!r} must be letters, digits, '_', '-' or '.'")
+        if seeds and "seed" in (variants[name] or {}):
+            raise ConfigError(f"{file}: variant {name!r} sets 'seed', which the set's 'seeds' decide")
     baseline = str(content.get("baseline") or next(iter(variants)))
     if baseline not in variants:
         raise ConfigError(f"{file}: baseline {baseline!r} is not a variant ({', '.join(map(str, variants))})")
+    variants = {str(name): {str(k): v for k, v in (values or {}).items()} for name, values in variants.items()}
+    if seeds:
+        variants = {f"{name}{SEED_MARKER}{seed}": {**values, "seed": seed}
+                    for name, values in variants.items() for seed in seeds}
+        baseline = f"{baseline}{SEED_MARKER}{seeds[0]}"
     overrides = content.get("overrides") or {}
     resources = content.get("resources") or {}
     if not isinstance(resources, dict) or set(resources) - {"cpus", "gpus"} or not all(
@@ -175,10 +202,23 @@ def load_experiment(file: str | os.PathLike[str]) -> ExperimentSet:
         notebooks=tuple(str(item).zfill(2) if isinstance(item, int) else str(item)
                         for item in content.get("notebooks") or ()),
         baseline=baseline,
-        variants={str(name): {str(k): v for k, v in (values or {}).items()} for name, values in variants.items()},
+        variants=variants,
         cpus=resources.get("cpus", 1),
         gpus=resources.get("gpus", 0),
+        seeds=seeds,
     )
+
+
+def _seeds(file: str | os.PathLike[str], value: Any) -> tuple[int, ...]:
+    """The set's `seeds`: distinct non-negative integers, or none."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value or not all(
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in value):
+        raise ConfigError(f"{file}: 'seeds' must be a list of non-negative integers, e.g. [0, 1, 2]")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{file}: 'seeds' lists a seed twice ({value})")
+    return tuple(value)
 
 
 def variant_notebooks(experiment: ExperimentSet, available: Iterable[Path]) -> list[str]:
@@ -241,13 +281,15 @@ def run_experiment(
         raise ConfigError(f"--executor {executor}: expected local or ray")
     if resume and out_dir is None:
         raise ConfigError("resuming an experiment set needs the report folder of the run to continue")
+    if experiment.seeds and "seed" in user_overrides:
+        raise ConfigError(f"-p seed: the set {experiment.name} runs each variant with its seeds {list(experiment.seeds)}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = Path(out_dir) if out_dir else project.REPORTS_DIR / f"{stamp}-experiment-{experiment.name}"
     previous = _load_state(report_dir, experiment.name) if resume else {}
     report_dir.mkdir(parents=True, exist_ok=True)
     notebooks = variant_notebooks(experiment, runner.discover_notebooks(notebooks_dir))
-    settings = {name: _settings(data_dir, params, {**experiment.overrides, **variant, **user_overrides}, notebooks)
-                for name, variant in experiment.variants.items()}
+    overrides = {name: _variant_overrides(experiment, name, params, user_overrides) for name in experiment.variants}
+    settings = {name: _settings(data_dir, params, overrides[name], notebooks) for name in experiment.variants}
     result = ExperimentResult(experiment, report_dir)
     log(f"experiment {experiment.name}: {len(experiment.variants)} variants -> {report_dir}")
     for name, (earlier_settings, pipeline) in previous.items():
@@ -263,23 +305,22 @@ def run_experiment(
     pending = {name: variant for name, variant in experiment.variants.items() if name not in result.variants}
     _save_state(report_dir, experiment.name, settings, result.variants)
     if executor == "ray":
-        _run_on_ray(experiment, pending, result, data_dir, files, shared, user_overrides, settings, notebooks,
-                    notebooks_dir, address, local_cpus, log)
-    for name, variant in experiment.variants.items():
+        _run_on_ray(experiment, {name: overrides[name] for name in pending}, result, data_dir, files, shared,
+                    settings, notebooks, notebooks_dir, address, local_cpus, log)
+    for name in experiment.variants:
         if executor == "local" and name in pending:
             log(f"== variant {name}")
             result.variants[name] = runner.run_pipeline(
-                data_dir=data_dir, params_files=files,
-                overrides={**experiment.overrides, **variant, **user_overrides},
+                data_dir=data_dir, params_files=files, overrides=overrides[name],
                 only=notebooks, out_dir=report_dir / name, notebooks_dir=notebooks_dir, log=log,
-                tags={"experiment_set": experiment.name, "variant": name})
+                tags=experiment.tags(name))
             _save_state(report_dir, experiment.name, settings, result.variants)
         if name not in result.variants:
             continue
         pipeline = result.variants[name]
         training_run = tracking.training_run_of(pipeline.parent_run_id, pipeline.experiment)
         if training_run and pipeline.ok:  # 05 compares the variants that finished, not a 03 that failed
-            tracking.set_tags({"experiment_set": experiment.name, "variant": name}, run_id=training_run)
+            tracking.set_tags(experiment.tags(name), run_id=training_run)
             result.training_runs[name] = training_run
     if len(result.training_runs) >= 2:
         baseline = experiment.baseline if experiment.baseline in result.training_runs else next(iter(result.training_runs))
@@ -300,9 +341,10 @@ def run_experiment(
 
 def _run_on_ray(experiment: ExperimentSet, variants: Mapping[str, dict[str, Any]], result: ExperimentResult,
                 data_dir: str | os.PathLike[str] | None, files: list[str], shared: Mapping[str, Any],
-                user_overrides: dict[str, Any], settings: Mapping[str, dict[str, Any]], notebooks: list[str],
+                settings: Mapping[str, dict[str, Any]], notebooks: list[str],
                 notebooks_dir: Path, address: str | None, local_cpus: int | None, log: Any) -> None:
-    """Each of `variants` as a Ray task; each finished variant's pipeline result goes into `result.variants`.
+    """Each of `variants` (name -> its overrides) as a Ray task; each finished variant's pipeline result goes
+    into `result.variants`.
 
     The set's STATE_FILE is saved after each variant that finishes, so a resume after a crash of this
     process keeps the variants that finished before it.
@@ -315,11 +357,11 @@ def _run_on_ray(experiment: ExperimentSet, variants: Mapping[str, dict[str, Any]
     # Created here, once: variants creating a new sqlite store at the same moment collide on its tables.
     tracking.experiment_id(str(shared.get("experiment") or tracking.DEFAULT_EXPERIMENT), uri)
     with executor:
-        for name, variant in variants.items():
+        for name, overrides in variants.items():
             executor.submit(cluster.VariantSpec(
                 name, str(project.resolve(data_dir)) if data_dir else None, tuple(files),
-                {**experiment.overrides, **variant, **user_overrides, "tracking_uri": uri}, tuple(notebooks),
-                {"experiment_set": experiment.name, "variant": name}, str(notebooks_dir)), result.report_dir / name)
+                {**overrides, "tracking_uri": uri}, tuple(notebooks), experiment.tags(name), str(notebooks_dir)),
+                result.report_dir / name)
         while executor.pending:
             outcome = executor.next_finished()
             result.timings[outcome.name] = (outcome.started, outcome.finished)
@@ -332,6 +374,21 @@ def _run_on_ray(experiment: ExperimentSet, variants: Mapping[str, dict[str, Any]
             log(f"== variant {outcome.name} on {outcome.node}: "
                 + (f"FAILED in {failed.name}: {failed.error}" if failed else "ok")
                 + f" ({outcome.finished - outcome.started:.0f} s)")
+
+
+def _variant_overrides(experiment: ExperimentSet, name: str, params: Mapping[str, Any],
+                       user_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """What variant `name` runs with over the params files: the set's overrides < the variant's < the command
+    line's; a seeded arm's run gets its own name wherever a notebook is given one."""
+    overrides = {**experiment.overrides, **experiment.variants[name], **user_overrides}
+    _, seed = experiment.arm_of(name)
+    if seed is None:
+        return overrides
+    merged = runner.apply_overrides(params, overrides)
+    for notebook, values in [("", merged["shared"]), *merged["notebooks"].items()]:
+        if values.get("run_name"):
+            overrides[f"{notebook}.run_name" if notebook else "run_name"] = f"{values['run_name']}-seed{seed}"
+    return overrides
 
 
 def _settings(data_dir: str | os.PathLike[str] | None, params: Mapping[str, Any],

@@ -213,12 +213,12 @@ FAKE_TRAIN = '''
 import mlflow
 import pandas as pd
 from fer_lab import project, tracking
-tracking.start_notebook_run("03_train", {"skill": skill}, tracking_uri=tracking_uri, experiment=experiment,
-                            parent_run_id=parent_run_id)
+tracking.start_notebook_run("03_train", {"skill": skill, "seed": seed}, tracking_uri=tracking_uri,
+                            experiment=experiment, parent_run_id=parent_run_id, run_name=run_name)
 for step, value in enumerate([0.3, 0.4 + 0.1 * skill]):
     mlflow.log_metric("val_accuracy", value, step=step)
 labels = ["a", "b"] * 10
-preds = [label if i < 10 + 5 * skill else "a" for i, label in enumerate(labels)]
+preds = [label if i < 10 + 5 * skill + seed else "a" for i, label in enumerate(labels)]
 frame = pd.DataFrame({"path": [f"img{i}.png" for i in range(20)], "sha1": "", "label": labels, "pred": preds})
 right = frame["label"] == frame["pred"]
 mlflow.log_metrics({"test_accuracy": right.mean(), "test_recall_a": right[frame["label"] == "a"].mean(),
@@ -234,7 +234,7 @@ mlflow.log_artifact(str(target))
 def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path, write_notebook) -> None:
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    write_notebook(notebooks / "03_train.ipynb", "skill = 0\n", FAKE_TRAIN)
+    write_notebook(notebooks / "03_train.ipynb", 'skill = 0\nrun_name = ""\n', FAKE_TRAIN)
     shutil.copy(project.NOTEBOOKS_DIR / "05_compare.ipynb", notebooks / "05_compare.ipynb")
     (tmp_path / "data").mkdir()
     experiment_file = tmp_path / "skill.yaml"
@@ -259,6 +259,63 @@ def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path, write
     index = result.compare.index.read_text()
     assert "Run comparison" in index and "McNemar" in index
     assert "compare/index.html" in result.index.read_text()
+    assert "every arm ran with one seed" in executed
+
+
+@pytest.mark.slow
+def test_a_set_with_seeds_runs_each_arm_per_seed_and_compares_arms_seed_by_seed(tmp_path, write_notebook) -> None:
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    write_notebook(notebooks / "03_train.ipynb", 'skill = 0\nrun_name = ""\n', FAKE_TRAIN)
+    shutil.copy(project.NOTEBOOKS_DIR / "05_compare.ipynb", notebooks / "05_compare.ipynb")
+    (tmp_path / "data").mkdir()
+    experiment_file = tmp_path / "skill.yaml"
+    experiment_file.write_text(
+        "description: More skill, more accuracy, on every seed?\n"
+        f"overrides: {{tracking_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', work_dir: '{tmp_path / 'work'}',"
+        " 03_train.run_name: recipe}\n"
+        "seeds: [0, 3]\nbaseline: low\n"
+        "variants:\n  low: {03_train.skill: 0}\n  high: {03_train.skill: 2}\n")
+    result = experiments.run_experiment(experiment_file, data_dir=tmp_path / "data", out_dir=tmp_path / "report",
+                                        notebooks_dir=notebooks, log=lambda *_: None)
+    assert result.ok, [nb.error for nb in result.compare.notebooks] if result.compare else result.variants
+    assert list(result.training_runs) == ["low@seed0", "low@seed3", "high@seed0", "high@seed3"]
+    client = mlflow.MlflowClient()
+    for name, run_id in result.training_runs.items():
+        run = client.get_run(run_id)
+        arm, seed = name.split("@seed")
+        assert (run.data.tags["variant"], run.data.tags["seed"], run.data.params["seed"]) == (arm, seed, seed)
+        assert run.info.run_name == f"recipe-seed{seed}"  # runs of one name would resume each other
+    compare_run = client.get_run(result.compare.notebooks[0].run_id).data
+    assert compare_run.params["baseline_run_id"] == result.training_runs["low@seed0"]
+    runs = tracking.find_runs("fer-lab", run_ids=list(result.training_runs.values()))
+    # low is right on 15 of 20 images with seed 0 and on 16 with seed 3; high on all of them.
+    spread = compare.seed_summary(runs)
+    assert spread.loc["low", "seeds"] == "0, 3" and spread.loc["low", "accuracy mean"] == pytest.approx(0.775)
+    assert spread.loc["high", "accuracy min"] == pytest.approx(1.0) and spread.loc["low", "accuracy sd"] > 0
+    predictions = compare.load_run_predictions(runs)
+    by_seed = compare.mcnemar_by_seed(runs, predictions, compare.baseline_name(runs, result.training_runs["low@seed0"]))
+    assert by_seed[["arm", "seed"]].values.tolist() == [["high", "0"], ["high", "3"]]
+    assert by_seed["only_baseline_correct"].tolist() == [0, 0] and by_seed["only_arm_correct"].tolist() == [5, 4]
+    executed = result.compare.notebooks[0].notebook.read_text()
+    assert "Arms over seeds" in result.compare.index.read_text() and "low@seed3" in executed
+
+
+def test_seeded_sets_refuse_seeds_they_cannot_run(tmp_path) -> None:
+    path = tmp_path / "set.yaml"
+    path.write_text("seeds: [0, 1]\nvariants: {recipe: {}}\n")
+    one_arm = experiments.load_experiment(path)
+    assert list(one_arm.variants) == ["recipe@seed0", "recipe@seed1"] and one_arm.baseline == "recipe@seed0"
+    assert one_arm.tags("recipe@seed1") == {"experiment_set": "set", "variant": "recipe", "seed": "1"}
+    with pytest.raises(ConfigError, match="runs each variant with its seeds"):
+        experiments.run_experiment(path, overrides={"seed": 4})
+    for content, message in (("seeds: [0]\nvariants: {recipe: {}}\n", "at least two"),
+                             ("seeds: [0, 0]\nvariants: {a: {}, b: {}}\n", "lists a seed twice"),
+                             ("seeds: 3\nvariants: {a: {}, b: {}}\n", "list of non-negative integers"),
+                             ("seeds: [0, 1]\nvariants: {a: {seed: 2}, b: {}}\n", "variant 'a' sets 'seed'")):
+        path.write_text(content)
+        with pytest.raises(ConfigError, match=message):
+            experiments.load_experiment(path)
 
 
 @pytest.mark.parametrize("content, message", [
