@@ -157,7 +157,7 @@ def _export(args: argparse.Namespace) -> int:
     from fer_lab.apply import export
 
     exported = export.export_model(args.model, args.format, args.out, quantize=args.quantize,
-                                   tracking_uri=args.tracking_uri)
+                                   calibration=args.calibration, tracking_uri=args.tracking_uri)
     parity = exported.contract["parity"]
     print(f"{exported.model_file} ({exported.model_file.stat().st_size / 1e6:.2f} MB) and its contract "
           f"{exported.contract_file}: {len(exported.contract['labels'])} classes; on {parity['probe_images']} probe "
@@ -349,7 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="run id, runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version> "
                                       "or a .keras file written by fer-lab")
     export.add_argument("--format", choices=("onnx", "tflite"), required=True, help="onnx (ONNX Runtime) or tflite")
-    export.add_argument("--quantize", action="store_true", help="tflite with int8 weights (dynamic range)")
+    export.add_argument("--quantize", action="store_true",
+                        help="int8: tflite weights (dynamic range); onnx weights and activations (needs --calibration)")
+    export.add_argument("--calibration", metavar="DATA",
+                        help="dataset whose training images calibrate an int8 onnx file's activations")
     export.add_argument("--out", required=True, help="folder for model.<format> and model.json")
     export.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
     export.set_defaults(handler=_export)

@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 
 from fer_lab import cli, data, tracking
 from fer_lab.apply import export
-from fer_lab.errors import ConfigError
+from fer_lab.errors import ConfigError, FerLabError
 
 ONNX_WITHOUT_FER_LAB = """
 import json, sys
@@ -63,10 +64,34 @@ def test_tflite_float_and_quantized(base_model_store, sample_faces, tmp_path) ->
     assert quantized.contract["quantized"] and quantized.model_file.stat().st_size < exported.model_file.stat().st_size
     agreement = (export.run_exported(quantized.model_file, sample_faces).argmax(1) == expected.argmax(1)).mean()
     assert agreement >= 0.9
-    with pytest.raises(ConfigError, match="--quantize applies to tflite"):
-        export.export_model(run_id, "onnx", tmp_path / "x", quantize=True, tracking_uri=uri)
+    with pytest.raises(ConfigError, match="--calibration goes with --format onnx --quantize"):
+        export.export_model(run_id, "tflite", tmp_path / "x", quantize=True, calibration="data", tracking_uri=uri)
     with pytest.raises(ConfigError, match="format 'pb'"):
         export.export_model(run_id, "pb", tmp_path / "x", tracking_uri=uri)
+
+
+def test_int8_onnx_is_calibrated_on_training_images_and_keeps_the_classes(base_model_store, sample_dir, sample_faces,
+                                                                        tmp_path, capsys) -> None:
+    uri, run_id = base_model_store
+    with pytest.raises(ConfigError, match="--calibration DATA"):
+        export.export_model(run_id, "onnx", tmp_path / "x", quantize=True, tracking_uri=uri)
+    assert cli.main(["export", run_id, "--format", "onnx", "--quantize", "--calibration", str(sample_dir),
+                     "--out", str(tmp_path / "int8"), "--tracking-uri", uri]) == 0
+    assert "model.onnx" in capsys.readouterr().out
+    contract = json.loads((tmp_path / "int8" / "model.json").read_text())
+    train_images = int((data.build_manifest(sample_dir)["split"] == "train").sum())
+    assert contract["quantized"] and contract["calibration"]["images"] == min(export.CALIBRATION_IMAGES, train_images)
+    quantized = export.run_exported(tmp_path / "int8" / "model.onnx", sample_faces)
+    keras_model, _, _ = tracking.load_reference(run_id)
+    expected = keras_model.predict(sample_faces, verbose=0)
+    assert 0 < np.abs(quantized - expected).max() < 0.2  # int8 moves the probabilities a little, not the classes
+    assert (quantized.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    graph = onnx.load(tmp_path / "int8" / "model.onnx").graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
+    assert any(tensor.data_type == onnx.TensorProto.INT8 for tensor in graph.initializer)  # the weights
+    with pytest.raises(FerLabError, match="nowhere"):
+        export.export_model(run_id, "onnx", tmp_path / "y", quantize=True, calibration=tmp_path / "nowhere",
+                            tracking_uri=uri)
 
 
 def test_onnx_reproduces_a_model_that_resizes_before_batchnorm(sample_faces, tmp_path) -> None:
