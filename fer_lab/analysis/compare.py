@@ -201,24 +201,43 @@ def select_runs(experiment: str, run_ids: str = "", *, filter_tags: str = "", fi
     return runs.iloc[::-1].reset_index(drop=True)
 
 
-def arm_names(runs: pd.DataFrame) -> pd.Series:
-    """The arm of each run: its `variant` tag, else its run name, else its id's head."""
+def _labels(runs: pd.DataFrame) -> pd.Series:
+    """Each run's `variant` tag, else its run name, else its id's head."""
     names = []
     for _, run in runs.iterrows():
         candidates = (run.get("tags.variant"), run.get("tags.mlflow.runName"))
         names.append(next((str(value) for value in candidates if isinstance(value, str) and value), run["run_id"][:8]))
-    return pd.Series(names, index=runs.index, name="arm")
+    return pd.Series(names, index=runs.index)
 
 
 def run_names(runs: pd.DataFrame) -> pd.Series:
-    """A short unique display name per run: its arm (`arm_names`), `@seedN` for a run of an experiment set
-    with seeds, and the id's head."""
+    """A short unique display name per run: its `variant` tag, else its run name, `@seedN` for a run of an
+    experiment set with seeds, and the id's head."""
     names = []
-    for (_, run), arm in zip(runs.iterrows(), arm_names(runs)):
+    for (_, run), label in zip(runs.iterrows(), _labels(runs)):
         seed = run.get("tags.seed")
-        seeded = f"{arm}@seed{seed}" if isinstance(seed, str) and seed else arm
+        seeded = f"{label}@seed{seed}" if isinstance(seed, str) and seed else label
         names.append(run["run_id"][:8] if seeded == run["run_id"][:8] else f"{seeded} ({run['run_id'][:6]})")
     return pd.Series(names, index=runs.index, name="run")
+
+
+def arm_names(runs: pd.DataFrame) -> pd.Series:
+    """The arm each run belongs to: its `variant` tag (an experiment set's arm); a run without one shares
+    the arm of the first run whose logged parameters are the same except `seed`, named by that run's name."""
+    labels = _labels(runs)
+    params = sorted(column for column in runs.columns if column.startswith("params.") and column != "params.seed")
+    variants = runs.get("tags.variant", pd.Series(None, index=runs.index, dtype=object))
+    first: dict[str, str] = {}
+    arms = []
+    for index, run in runs.iterrows():
+        variant = variants[index]
+        if isinstance(variant, str) and variant:
+            arms.append(variant)
+        elif params:
+            arms.append(first.setdefault("\x1f".join(str(run[column]) for column in params), labels[index]))
+        else:
+            arms.append(labels[index])
+    return pd.Series(arms, index=runs.index, name="arm")
 
 
 def baseline_name(runs: pd.DataFrame, baseline_run_id: str = "") -> str:

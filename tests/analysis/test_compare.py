@@ -353,6 +353,22 @@ def test_run_names_prefer_variant_then_run_name() -> None:
     assert compare.run_names(runs).tolist() == ["filtered (aaaaaa)", "03_train (bbbbbb)", "cccccccc"]
 
 
+def test_runs_that_differ_in_seed_alone_are_one_arm() -> None:
+    runs = pd.DataFrame({"run_id": [c * 32 for c in "abcde"],
+                         "tags.variant": [None, None, None, "light", "light"],
+                         "tags.mlflow.runName": ["recipe", "recipe-seed1", "wider", "03_train", "03_train"],
+                         "params.seed": ["0", "1", "0", "0", "2"],
+                         "params.widths": ["32", "32", "64", "32", "32"],
+                         "metrics.test_accuracy": [0.66, 0.64, 0.67, 0.65, 0.68]})
+    assert compare.arm_names(runs).tolist() == ["recipe", "recipe", "wider", "light", "light"]
+    assert compare.has_seeds(runs) and not compare.has_seeds(runs.iloc[[0, 2, 3]])
+    spread = compare.seed_summary(runs)
+    assert list(spread.index) == ["recipe", "wider", "light"] and spread.loc["light", "seeds"] == "0, 2"
+    assert spread.loc["recipe", "accuracy mean"] == pytest.approx(0.65)
+    assert spread.loc["recipe", "accuracy sd"] == pytest.approx(0.02 / 2 ** 0.5)
+    assert math.isnan(spread.loc["wider", "accuracy sd"]) and "accuracy_tta mean" not in spread
+
+
 def test_default_runs_without_a_pipeline_keep_one_evaluation_set(tmp_path) -> None:
     """A store with runs of two datasets: 05's defaults compare the newest evaluated run's images only."""
     tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
