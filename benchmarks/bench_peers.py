@@ -1,9 +1,10 @@
 """A fer-lab model vs the `fer` package's classifier on the same FER2013 PrivateTest images.
 
-    python benchmarks/bench_peers.py --model MODEL [--data PATH] [--limit N] [--tta none|flip|tencrop]
-                                     [--peer-python PATH] [--out FILE.json]
+    python benchmarks/bench_peers.py --model MODEL [MODEL ...] [--data PATH] [--limit N]
+                                     [--tta none|flip|tencrop] [--peer-python PATH] [--out FILE.json]
 
-MODEL is a run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION` (labels from the
+Several MODELs (a recipe trained with several seeds) are scored one after another and, below their
+rows, their mean: what a recipe is worth, not its luckiest seed. MODEL is a run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION` (labels from the
 MLflow model's metadata; tracking URI $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db) or a
 `.keras` file (labels: the seven classes in alphabetical order).
 
@@ -257,6 +258,15 @@ def score(predictions: Predictions, targets: np.ndarray) -> Result:
                   count / predictions.seconds, count / predictions.cpu_seconds)
 
 
+def mean_result(name: str, results: list[Result]) -> Result:
+    """The row of the mean of several models' results (each metric and recall averaged)."""
+    return Result(name, results[0].images, float(np.mean([r.accuracy for r in results])),
+                  float(np.mean([r.macro_f1 for r in results])),
+                  {label: float(np.mean([r.recall[label] for r in results])) for label in results[0].recall},
+                  float(np.mean([r.images_per_s for r in results])),
+                  float(np.mean([r.images_per_cpu_s for r in results])))
+
+
 def markdown(results: list[Result]) -> str:
     """The summary table (one row per model) and the recall table (one row per class)."""
     lines = ["| model | images | accuracy | macro-F1 | images/s | images/CPU-s |", "|---|---:|---:|---:|---:|---:|"]
@@ -270,8 +280,9 @@ def markdown(results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True,
-                        help="run id, runs:/ID/model, models:/NAME@ALIAS, models:/NAME/VERSION or a .keras file")
+    parser.add_argument("--model", required=True, nargs="+",
+                        help="run id, runs:/ID/model, models:/NAME@ALIAS, models:/NAME/VERSION or a .keras file; "
+                             "several: each, then their mean")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"FER2013 in the Kaggle folder layout (default {DEFAULT_DATA})")
     parser.add_argument("--limit", type=int, default=0, help="use N evenly spaced PrivateTest images (default: all)")
@@ -287,8 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     pixels = read_pixels(files)
     # The peer first: a missing peer environment fails before the slow Keras and MLflow imports.
     peer = predict_peer(args.peer_python, pixels)
-    ours = predict_fer_lab(args.model, pixels, args.tta, args.tta_crop)
-    results = [*(score(row, targets) for row in ours), score(peer, targets)]
+    ours = [[score(row, targets) for row in predict_fer_lab(model, pixels, args.tta, args.tta_crop)]
+            for model in args.model]
+    means = []
+    if len(ours) > 1:  # one row per view (plain, then test-time averaged), over the models
+        means = [mean_result(f"fer-lab mean of {len(ours)}" + (" + " + args.tta if view else ""),
+                             [rows[view] for rows in ours]) for view in range(len(ours[0]))]
+    results = [*(row for rows in ours for row in rows), *means, score(peer, targets)]
     print(f"FER2013 PrivateTest, {len(files)} images from {args.data}\n")
     print(markdown(results))
     if args.out:
