@@ -230,8 +230,8 @@ mlflow.log_artifact(str(target))
 '''
 
 
-@pytest.mark.slow
-def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path, write_notebook) -> None:
+def run_skill_set(tmp_path, write_notebook, *, overrides: str = "", seeds: str = "") -> experiments.ExperimentResult:
+    """The set `skill` (arms low and high, skill 0 and 2; baseline low) through the fake 03 and the real 05."""
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     write_notebook(notebooks / "03_train.ipynb", 'skill = 0\nrun_name = ""\n', FAKE_TRAIN)
@@ -240,12 +240,18 @@ def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path, write
     experiment_file = tmp_path / "skill.yaml"
     experiment_file.write_text(
         "description: More skill, more accuracy?\n"
-        f"overrides: {{tracking_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', work_dir: '{tmp_path / 'work'}'}}\n"
-        "baseline: low\n"
+        f"overrides: {{tracking_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', work_dir: '{tmp_path / 'work'}'"
+        f"{overrides}}}\n{seeds}baseline: low\n"
         "variants:\n  low: {03_train.skill: 0}\n  high: {03_train.skill: 2}\n")
     result = experiments.run_experiment(experiment_file, data_dir=tmp_path / "data", out_dir=tmp_path / "report",
                                         notebooks_dir=notebooks, log=lambda *_: None)
     assert result.ok, [nb.error for nb in result.compare.notebooks] if result.compare else result.variants
+    return result
+
+
+@pytest.mark.slow
+def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path, write_notebook) -> None:
+    result = run_skill_set(tmp_path, write_notebook)
     client = mlflow.MlflowClient()
     low, high = (client.get_run(result.training_runs[name]).data for name in ("low", "high"))
     assert low.tags["variant"] == "low" and high.tags["experiment_set"] == "skill"
@@ -264,21 +270,7 @@ def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path, write
 
 @pytest.mark.slow
 def test_a_set_with_seeds_runs_each_arm_per_seed_and_compares_arms_seed_by_seed(tmp_path, write_notebook) -> None:
-    notebooks = tmp_path / "notebooks"
-    notebooks.mkdir()
-    write_notebook(notebooks / "03_train.ipynb", 'skill = 0\nrun_name = ""\n', FAKE_TRAIN)
-    shutil.copy(project.NOTEBOOKS_DIR / "05_compare.ipynb", notebooks / "05_compare.ipynb")
-    (tmp_path / "data").mkdir()
-    experiment_file = tmp_path / "skill.yaml"
-    experiment_file.write_text(
-        "description: More skill, more accuracy, on every seed?\n"
-        f"overrides: {{tracking_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', work_dir: '{tmp_path / 'work'}',"
-        " 03_train.run_name: recipe}\n"
-        "seeds: [0, 3]\nbaseline: low\n"
-        "variants:\n  low: {03_train.skill: 0}\n  high: {03_train.skill: 2}\n")
-    result = experiments.run_experiment(experiment_file, data_dir=tmp_path / "data", out_dir=tmp_path / "report",
-                                        notebooks_dir=notebooks, log=lambda *_: None)
-    assert result.ok, [nb.error for nb in result.compare.notebooks] if result.compare else result.variants
+    result = run_skill_set(tmp_path, write_notebook, overrides=", 03_train.run_name: recipe", seeds="seeds: [0, 3]\n")
     assert list(result.training_runs) == ["low@seed0", "low@seed3", "high@seed0", "high@seed3"]
     client = mlflow.MlflowClient()
     for name, run_id in result.training_runs.items():
