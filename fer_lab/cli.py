@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -60,8 +61,6 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import os
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fer_lab.apply import crops, inference, video
@@ -99,8 +98,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    import os
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pathlib import Path
@@ -150,8 +147,6 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fer_lab import runtime
     from fer_lab.apply import export
@@ -349,10 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="run id, runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version> "
                                       "or a .keras file written by fer-lab")
     export.add_argument("--format", choices=("onnx", "tflite"), required=True, help="onnx (ONNX Runtime) or tflite")
-    export.add_argument("--quantize", action="store_true",
-                        help="int8: tflite weights (dynamic range); onnx weights and activations (needs --calibration)")
-    export.add_argument("--calibration", metavar="DATA",
-                        help="dataset whose training images calibrate an int8 onnx file's activations")
+    export.add_argument("--quantize", action="store_true", help="int8: tflite weights; onnx weights and activations")
+    export.add_argument("--calibration", metavar="DATA", help="dataset whose training images calibrate int8 onnx")
     export.add_argument("--out", required=True, help="folder for model.<format> and model.json")
     export.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
     export.set_defaults(handler=_export)
