@@ -388,15 +388,32 @@ class ImagePredictions:
             rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
         return annotate(rgb, self.table[self.table["path"] == str(path)])
 
+    def short_names(self) -> dict[str, str]:
+        """Each image's path relative to the folder holding all of them: unique where base names are not."""
+        paths = list(self.table["path"].unique())
+        root = Path(os.path.commonpath([str(Path(path).parent) for path in paths])) if paths else Path()
+        return {path: Path(path).relative_to(root).as_posix() for path in paths}
+
     def save(self, out_dir: str | os.PathLike[str], *, annotated: bool = True) -> list[Path]:
-        """Write `predictions.csv` (every row) and, with `annotated`, `<name>_annotated.jpg` per readable image."""
+        """Write `predictions.csv` (every row) and, with `annotated`, `<name>_annotated.jpg` per readable image.
+
+        Annotated images keep the input's subfolders (`happy/001.jpg` and `sad/001.jpg` both get one), and
+        images that differ only in extension (`a.jpg`, `a.png`) keep it in the name (`a_png_annotated.jpg`).
+        """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [out_dir / "predictions.csv"]
         self.table.to_csv(written[0], index=False)
         if annotated:
-            for path in self.table.loc[self.table["error"] == "", "path"].unique():
-                target = out_dir / f"{Path(path).stem}_annotated.jpg"
+            readable = set(self.table.loc[self.table["error"] == "", "path"])
+            relative = {path: Path(name) for path, name in self.short_names().items() if path in readable}
+            stems = pd.Series([name.with_suffix("").as_posix().lower() for name in relative.values()])
+            shared = set(stems[stems.duplicated(keep=False)])
+            for path, name in relative.items():
+                keep_suffix = name.with_suffix("").as_posix().lower() in shared
+                target = out_dir / name.parent / (f"{name.stem}_{name.suffix[1:]}_annotated.jpg" if keep_suffix
+                                                  else f"{name.stem}_annotated.jpg")
+                target.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(self.annotated(path)).save(target, quality=90)
                 written.append(target)
         return written

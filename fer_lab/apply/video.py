@@ -423,7 +423,7 @@ def result_text(result: inference.ImagePredictions | VideoAnalysis, max_rows: in
         faces = result.face_summary()
         return head if faces.empty else head + "\n" + faces.round(2).to_string(index=False)
     columns = ["path", "face", *BOX_COLUMNS, "label", "confidence"]
-    table = result.table[columns].assign(path=result.table["path"].map(lambda value: Path(value).name))
+    table = result.table[columns].assign(path=result.table["path"].map(result.short_names()))
     text = table.head(max_rows).round(2).to_string(index=False)
     more = len(table) - max_rows
     return text + (f"\n... {more} more rows" if more > 0 else "")

@@ -237,6 +237,21 @@ def test_cli_predict_writes_table(model_store: tuple[str, str, str], tmp_path: P
     assert "error: none of the images" in capsys.readouterr().err  # an unreadable image is a failure, not a warning
 
 
+def test_cli_predict_keeps_every_annotated_image_of_a_class_per_folder_tree(
+        model_store: tuple[str, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri, _, run_id = model_store
+    folder = tmp_path / "photos"
+    photo = skimage.data.astronaut()
+    for name in ("happy/001.jpg", "sad/001.jpg", "sad/001.png", "sad/002.jpg"):
+        _save(photo, folder / name)
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(folder), "--model", run_id, "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert "happy/001.jpg" in capsys.readouterr().out  # the terminal table tells the two 001.jpg apart
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*_annotated.jpg"))
+    assert written == ["happy/001_annotated.jpg", "sad/001_jpg_annotated.jpg", "sad/001_png_annotated.jpg",
+                       "sad/002_annotated.jpg"]
+
+
 def test_cli_predict_on_face_crops_says_so_and_classifies_them_with_crops(
         model_store: tuple[str, str, str], sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     uri, _, run_id = model_store
