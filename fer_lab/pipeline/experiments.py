@@ -302,7 +302,7 @@ def run_experiment(
         else:
             result.variants[name] = pipeline
             log(f"== variant {name}: reused, it finished in the run being resumed ({pipeline.parent_run_id})")
-    pending = {name: variant for name, variant in experiment.variants.items() if name not in result.variants}
+    pending = [name for name in experiment.variants if name not in result.variants]
     _save_state(report_dir, experiment.name, settings, result.variants)
     if executor == "ray":
         _run_on_ray(experiment, {name: overrides[name] for name in pending}, result, data_dir, files, shared,
