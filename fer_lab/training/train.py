@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fer_lab.errors import ConfigError, FerLabError
-from fer_lab.training import augment, datasets, ema, models, schedule
+from fer_lab.training import augment, datasets, distillation, ema, models, schedule
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,6 +52,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | balanced | sqrt
     soft_labels: float = 0.0  # weight of the FER+ vote distribution in the targets
+    teacher: tuple[str, ...] = ()  # model references whose averaged probabilities the targets blend in
+    distill: float = 0.0  # the teachers' share of the targets; 0: off
     augment: augment.AugmentConfig = field(default_factory=augment.AugmentConfig)
     mixup: float = 0.0  # Beta(alpha, alpha) of mixup's mixing share; 0: off
     cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix's pasted area; 0: off (both on: one per batch)
@@ -76,6 +78,7 @@ class TrainConfig:
         for name in ("freeze_batchnorm", "mixed_precision"):
             if str(getattr(self, name)).lower() not in ("auto", "true", "false"):
                 raise ConfigError(f"{name} must be auto, true or false, not {getattr(self, name)!r}")
+        distillation.check(self.teacher, self.distill)
         if not self.allow_untrained_head:
             schedule.check_head_phases(self.schedule, pretrained=self.model.pretrained)
 
@@ -94,7 +97,10 @@ class TrainConfig:
         augment_params: dict[str, Any] | None = None,
         **options: Any,
     ) -> "TrainConfig":
-        """Build from the plain values of notebook parameters / YAML."""
+        """Build from the plain values of notebook parameters / YAML (`teacher`: one reference or a list)."""
+        if "teacher" in options:
+            teacher = options["teacher"]
+            options["teacher"] = tuple(str(t) for t in ([teacher] if isinstance(teacher, str) else teacher or []) if t)
         return cls(
             model=models.model_config_from_params(backbone, image_size, weights, head, cnn, resnet),
             schedule=schedule.Schedule.from_config(phases, cycles),
@@ -111,6 +117,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["schedule"] = self.schedule.to_config()
+        if not self.distill:  # so that checkpoints made before distillation existed still resume
+            del values["teacher"], values["distill"]
         return values
 
     def fingerprint(self) -> str:
@@ -392,6 +400,8 @@ def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str],
     per_class = None if config.class_weights == "none" else weights
     train_split = datasets.make_split(train_rows, pixels[is_train], labels, soft_labels=config.soft_labels,
                                     weights=per_class)
+    if config.distill:
+        train_split = distillation.with_teachers(train_split, config.teacher, config.distill, labels)
     val_split = datasets.make_split(rows[is_val], pixels[is_val], labels)
     return train_split, val_split, weights
 

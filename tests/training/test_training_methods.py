@@ -1,13 +1,24 @@
-"""The training methods beyond the baseline: crops, mixup/CutMix, weight EMA, reduce-on-plateau, the ResNet."""
+"""The training methods beyond the baseline: crops, mixup/CutMix, weight EMA, reduce-on-plateau, the ResNet,
+distillation from trained teachers."""
 
 from __future__ import annotations
+
+import json
 
 import keras
 import numpy as np
 import pytest
 
-from fer_lab.errors import FerLabError
-from fer_lab.training import augment, datasets, ema, models, schedule, train
+from fer_lab.errors import ConfigError, FerLabError
+from fer_lab.training import (
+    augment,
+    datasets,
+    distillation,
+    ema,
+    models,
+    schedule,
+    train,
+)
 
 LABELS = ["angry", "happy", "sad"]
 
@@ -106,3 +117,55 @@ def test_weight_average_state_round_trips(tmp_path) -> None:
     with average.applied():
         np.testing.assert_allclose(np.array(model.layers[0].kernel), average.average[0])
     np.testing.assert_allclose(np.array(model.layers[0].kernel), 1.0)
+
+
+def brightness_teacher(path, labels: list[str], slope: list[float], bias: list[float]) -> str:
+    """A `.keras` teacher whose probabilities are softmax(mean brightness * slope + bias), labels beside it."""
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(len(labels), activation="softmax")])
+    model.layers[-1].set_weights([np.array([slope], np.float32), np.array(bias, np.float32)])
+    model.save(path)
+    path.with_suffix(".json").write_text(json.dumps({"labels": labels}))
+    return str(path)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def test_distillation_blends_the_teachers_averaged_probabilities_in_the_student_class_order(tmp_path) -> None:
+    # The teachers list the classes in another order and one more (contempt), which the student drops.
+    first = brightness_teacher(tmp_path / "first.keras", ["sad", "contempt", "happy", "angry"],
+                               [0.02, -0.01, 0.0, -0.02], [0.0, 0.5, 1.0, 0.5])
+    second = brightness_teacher(tmp_path / "second.keras", ["angry", "happy", "sad"], [0.01, 0.0, -0.01], [0.2, 0, 0])
+    split = random_split(24)
+    split = datasets.Split(split.pixels, split.targets, np.linspace(0.5, 2, 24, dtype=np.float32))
+    brightness = split.pixels.reshape(24, -1).mean(axis=1, keepdims=True)
+    from_first = softmax(brightness * np.array([0.02, -0.01, 0.0, -0.02]) + [0.0, 0.5, 1.0, 0.5])[:, [3, 2, 0]]
+    from_second = softmax(brightness * np.array([0.01, 0.0, -0.01]) + [0.2, 0, 0])
+    expected = (from_first / from_first.sum(axis=1, keepdims=True) + from_second) / 2
+
+    distilled = distillation.with_teachers(split, [first, second], 0.25, LABELS, log=lambda _: None)
+
+    np.testing.assert_allclose(distilled.targets, 0.75 * split.targets + 0.25 * expected, atol=1e-5)
+    np.testing.assert_allclose(distilled.targets.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(distilled.weights, split.weights)  # loss weights stay those of the labels
+    np.testing.assert_array_equal(distilled.pixels, split.pixels)
+
+
+def test_distillation_settings_are_checked_and_leave_other_runs_fingerprints_alone(tmp_path) -> None:
+    phases = [{"name": "all", "epochs": 1, "trainable": "all"}]
+    plain = train.TrainConfig.from_params(backbone="cnn", image_size=48, weights="none", phases=phases)
+    assert "teacher" not in plain.to_dict()  # checkpoints made before distillation existed still resume
+    one = train.TrainConfig.from_params(backbone="cnn", image_size=48, weights="none", phases=phases,
+                                        teacher="models:/fer2013-cnn@champion", distill=0.5)
+    assert one.teacher == ("models:/fer2013-cnn@champion",) and one.fingerprint() != plain.fingerprint()
+    for teacher, weight, message in (([], 0.5, "needs a teacher"), (["run"], 0.0, "distill is 0"),
+                                     (["run"], 1.5, r"in \[0, 1\]")):
+        with pytest.raises(ConfigError, match=message):
+            train.TrainConfig.from_params(backbone="cnn", image_size=48, weights="none", phases=phases,
+                                          teacher=teacher, distill=weight)
+    stranger = brightness_teacher(tmp_path / "two.keras", ["angry", "happy"], [0.0, 0.0], [0.0, 0.0])
+    with pytest.raises(ConfigError, match="does not know sad"):
+        distillation.with_teachers(random_split(4), [stranger], 0.5, LABELS, log=lambda _: None)
