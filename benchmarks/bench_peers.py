@@ -1,7 +1,8 @@
 """A fer-lab model vs the `fer` package's classifier on the same FER2013 PrivateTest images.
 
     python benchmarks/bench_peers.py --model MODEL [MODEL ...] [--data PATH] [--limit N]
-                                     [--tta none|flip|tencrop] [--peer-python PATH] [--out FILE.json]
+                                     [--tta none|flip|tencrop] [--export RUNTIME ...]
+                                     [--peer-python PATH] [--out FILE.json]
 
 Several MODELs (a recipe trained with several seeds) are scored one after another and, below their
 rows, their mean: what a recipe is worth, not its luckiest seed. MODEL is a run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION` (labels from the
@@ -12,6 +13,10 @@ The images are the `PrivateTest_` files of `test/<class>/` in the Kaggle folder 
 FER2013; `--limit N` keeps N of them, evenly spaced). They are already aligned 48x48 face crops, so
 no face detector runs: each model classifies the whole image.
   fer-lab  float32 (N, 48, 48, 1) pixels in 0..255, in fixed-size batches (one compiled shape).
+           With `--export onnx-int8` (or onnx, tflite, tflite-int8) each model is also written by
+           `fer-lab export` into a temporary folder and that file classifies the same batches in ONNX
+           Runtime or LiteRT, as a deployment without fer-lab runs it (int8 ONNX: activations calibrated
+           on 512 training images of `--data`): the row to hold against `fer`'s quantized TFLite file.
   fer      `fer` 25.10.3's bundled mini-Xception (`fer/data/emotion_model_quantized.tflite`, what
            `FER()` uses by default), fed as `FER.detect_emotions` feeds a face crop: cv2.resize to
            the model's 64x64, then (x / 255 - 0.5) * 2, through `FER._classify_emotions` (one
@@ -47,7 +52,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -62,6 +67,7 @@ IMAGE_SIZE = 48
 BATCH_SIZE = 64
 WARM_UP = 64
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+EXPORT_RUNTIMES = ("onnx", "onnx-int8", "tflite", "tflite-int8")
 
 # Runs under the peer Python: argv = pixels.npy (N, 48, 48) uint8, result.npz, warm-up count.
 PEER_WORKER = r'''
@@ -175,6 +181,28 @@ def load_fer_lab_model(reference: str) -> tuple[Any, tuple[str, ...]]:
         sys.exit(f"bench_peers: cannot load model {reference!r}: {' '.join(str(error).split())[:300]}")
 
 
+def in_batches(predict: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """`predict` over (N, 48, 48) uint8 pixels in batches of exactly BATCH_SIZE (the last one padded).
+
+    One input shape: a Keras predict function is traced once, during the warm-up, never inside the timed run.
+    """
+    def run(gray: np.ndarray) -> np.ndarray:
+        padded = np.zeros((-(-len(gray) // BATCH_SIZE) * BATCH_SIZE, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
+        padded[: len(gray), ..., 0] = gray
+        parts = [np.asarray(predict(padded[start:start + BATCH_SIZE])) for start in range(0, len(padded), BATCH_SIZE)]
+        return np.concatenate(parts)[: len(gray)]
+    return run
+
+
+def timed(name: str, run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray,
+          labels: tuple[str, ...]) -> Predictions:
+    """`run` over `pixels` after one untimed warm-up batch, with its wall-clock and CPU time."""
+    run(pixels[:WARM_UP])
+    started, cpu = time.perf_counter(), time.process_time()
+    probabilities = run(pixels)
+    return Predictions(name, probabilities, labels, time.perf_counter() - started, time.process_time() - cpu)
+
+
 def predict_fer_lab(reference: str, pixels: np.ndarray, tta: str = "none", crop: int = 44) -> list[Predictions]:
     """Class probabilities of a fer-lab model, timed after one untimed warm-up batch.
 
@@ -184,21 +212,8 @@ def predict_fer_lab(reference: str, pixels: np.ndarray, tta: str = "none", crop:
     size = int(model.input_shape[1])
     if size != IMAGE_SIZE:
         sys.exit(f"bench_peers: model {reference} takes {size}x{size} images, the data is {IMAGE_SIZE}x{IMAGE_SIZE}")
-
-    def run(gray: np.ndarray) -> np.ndarray:
-        # Every call gets exactly BATCH_SIZE images (the last batch padded), so the predict
-        # function is traced once, during the warm-up, and never inside the timed run.
-        padded = np.zeros((-(-len(gray) // BATCH_SIZE) * BATCH_SIZE, size, size, 1), dtype=np.float32)
-        padded[: len(gray), ..., 0] = gray
-        parts = [np.asarray(model.predict_on_batch(padded[start:start + BATCH_SIZE]))
-                 for start in range(0, len(padded), BATCH_SIZE)]
-        return np.concatenate(parts)[: len(gray)]
-
-    run(pixels[:WARM_UP])
-    started, cpu = time.perf_counter(), time.process_time()
-    probabilities = run(pixels)
-    rows = [Predictions(f"fer-lab {reference}", probabilities, labels,
-                        time.perf_counter() - started, time.process_time() - cpu)]
+    run = in_batches(model.predict_on_batch)
+    rows = [timed(f"fer-lab {reference}", run, pixels, labels)]
     if tta != "none":
         from fer_lab.training.augment import test_time_views
 
@@ -208,6 +223,29 @@ def predict_fer_lab(reference: str, pixels: np.ndarray, tta: str = "none", crop:
         rows.append(Predictions(f"fer-lab {reference} + {tta}", averaged, labels,
                                 time.perf_counter() - started, time.process_time() - cpu))
     return rows
+
+
+def predict_exported(reference: str, runtime: str, pixels: np.ndarray, calibration: Path) -> Predictions:
+    """Class probabilities of `reference` exported by `fer-lab export` and run in ONNX Runtime or LiteRT.
+
+    Raises:
+        SystemExit: when fer-lab cannot export the model.
+    """
+    from fer_lab import tracking
+    from fer_lab.apply import export
+    from fer_lab.errors import FerLabError
+
+    fmt, _, quantized = runtime.partition("-")
+    tracking.configure()
+    with tempfile.TemporaryDirectory(prefix="bench_peers_export_") as scratch:
+        try:
+            exported = export.export_model(reference, fmt, scratch, quantize=bool(quantized),
+                                           calibration=calibration if runtime == "onnx-int8" else None)
+        except FerLabError as error:
+            sys.exit(f"bench_peers: cannot export {reference} as {runtime}: {error}")
+        labels = tuple(exported.contract["labels"])
+        return timed(f"fer-lab {reference} ({runtime})", in_batches(export.exported_predictor(exported.model_file)),
+                     pixels, labels)
 
 
 def predict_peer(peer_python: str, pixels: np.ndarray) -> Predictions:
@@ -291,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=("none", "flip", "tencrop"), default="flip",
                         help="also score fer-lab's model with test-time averaging (default %(default)s)")
     parser.add_argument("--tta-crop", type=int, default=44, help="ten-crop side in pixels (default %(default)s)")
+    parser.add_argument("--export", nargs="+", default=[], choices=EXPORT_RUNTIMES, metavar="RUNTIME",
+                        help=f"also score each model exported by fer-lab export: {', '.join(EXPORT_RUNTIMES)}")
     parser.add_argument("--out", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
 
@@ -300,11 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     peer = predict_peer(args.peer_python, pixels)
     ours = [[score(row, targets) for row in predict_fer_lab(model, pixels, args.tta, args.tta_crop)]
             for model in args.model]
+    exported = [score(predict_exported(model, runtime, pixels, args.data), targets)
+                for model in args.model for runtime in args.export]
     means = []
     if len(ours) > 1:  # one row per view (plain, then test-time averaged), over the models
         means = [mean_result(f"fer-lab mean of {len(ours)}" + (" + " + args.tta if view else ""),
                              [rows[view] for rows in ours]) for view in range(len(ours[0]))]
-    results = [*(row for rows in ours for row in rows), *means, score(peer, targets)]
+    results = [*(row for rows in ours for row in rows), *means, *exported, score(peer, targets)]
     print(f"FER2013 PrivateTest, {len(files)} images from {args.data}\n")
     print(markdown(results))
     if args.out:
