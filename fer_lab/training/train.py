@@ -384,9 +384,9 @@ def plot_history(history: pd.DataFrame, plan: Sequence[schedule.PlannedPhase]) -
     return fig
 
 
-def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str],
-                config: TrainConfig) -> tuple[datasets.Split, datasets.Split, np.ndarray]:
-    """Train and val `Split`s from manifest rows (column `split`) and their pixels, plus the class weights."""
+def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str], config: TrainConfig, *,
+                cache_dir: str | os.PathLike[str] | None = None) -> tuple[datasets.Split, datasets.Split, np.ndarray]:
+    """Train and val `Split`s from rows (column `split`) and pixels, and the class weights; `cache_dir`: see distillation."""
     if len(rows) != len(pixels):
         raise FerLabError(f"{len(rows)} manifest rows but {len(pixels)} images")
     is_train = (rows["split"] == "train").to_numpy()
@@ -401,7 +401,8 @@ def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str],
     train_split = datasets.make_split(train_rows, pixels[is_train], labels, soft_labels=config.soft_labels,
                                     weights=per_class)
     if config.distill:
-        train_split = distillation.with_teachers(train_split, config.teacher, config.distill, labels)
+        train_split = distillation.with_teachers(train_split, config.teacher, config.distill, labels,
+                                                  cache_dir=cache_dir)
     val_split = datasets.make_split(rows[is_val], pixels[is_val], labels)
     return train_split, val_split, weights
 

@@ -4,6 +4,7 @@ distillation from trained teachers."""
 from __future__ import annotations
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -169,3 +170,30 @@ def test_distillation_settings_are_checked_and_leave_other_runs_fingerprints_alo
     stranger = brightness_teacher(tmp_path / "two.keras", ["angry", "happy"], [0.0, 0.0], [0.0, 0.0])
     with pytest.raises(ConfigError, match="does not know sad"):
         distillation.with_teachers(random_split(4), [stranger], 0.5, LABELS, log=lambda _: None)
+
+
+def test_teacher_probabilities_are_cached_per_model_and_images(tmp_path) -> None:
+    teacher = brightness_teacher(tmp_path / "teacher.keras", list(LABELS), [0.02, 0.0, -0.02], [0.0, 0.3, 0.0])
+    split, cache = random_split(8), tmp_path / "cache"
+
+    def probabilities(pixels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        lines: list[str] = []
+        result = distillation.teacher_probabilities([teacher], pixels, LABELS, cache_dir=cache, log=lines.append)
+        return result, lines
+
+    first, first_lines = probabilities(split.pixels)
+    again, again_lines = probabilities(split.pixels)
+    assert "classified" in first_lines[0] and "from" in again_lines[0] and len(list(cache.glob("teacher-*.npz"))) == 1
+    np.testing.assert_array_equal(again, first)
+
+    _, other_lines = probabilities(split.pixels[::-1].copy())  # other images: another entry
+    assert "classified" in other_lines[0] and len(list(cache.glob("teacher-*.npz"))) == 2
+    brightness_teacher(tmp_path / "teacher.keras", list(LABELS), [-0.02, 0.0, 0.02], [0.0, 0.3, 0.0])
+    os.utime(teacher, ns=(1, 1))  # overwritten in place, whatever the clock's resolution
+    retrained, retrained_lines = probabilities(split.pixels)
+    assert "classified" in retrained_lines[0] and not np.allclose(retrained, first)
+    for entry in cache.glob("teacher-*.npz"):
+        entry.write_bytes(b"truncated")
+    rebuilt, rebuilt_lines = probabilities(split.pixels)
+    assert "classified" in rebuilt_lines[0]
+    np.testing.assert_allclose(rebuilt, retrained, rtol=1e-6)
