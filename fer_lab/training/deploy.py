@@ -45,12 +45,70 @@ def write_onnx(model: Any, path: str | Path) -> None:
     graph, and changed the probabilities by up to 0.28. An explicit `training=False` trace reproduces them
     within 4e-7.
     """
+    import onnx
     import tf2onnx
 
     size = int(model.input_shape[1])
     signature = (tf.TensorSpec((None, size, size, 1), tf.float32, name="pixels"),)
     traced = tf.function(lambda pixels: model(pixels, training=False))
-    tf2onnx.convert.from_function(traced, input_signature=signature, opset=ONNX_OPSET, output_path=str(path))
+    graph, _ = tf2onnx.convert.from_function(traced, input_signature=signature, opset=ONNX_OPSET)
+    onnx.save(fold_input_scale(graph), str(path))
+
+
+def fold_input_scale(graph: Any) -> Any:
+    """The ONNX model `graph` with an input scaling (pixels * s + 0) folded into the first convolution's weights.
+
+    The plain CNN and the ResNet start with `Rescaling(1/255)`; as its own operation on a one-channel image it
+    took 7% of an int8 file's time in ONNX Runtime for no arithmetic that matters. Scaling the input of a
+    convolution scales its output exactly, zero padding included, so the file computes the same function.
+    A graph of another shape (an offset, a scale with other consumers, EfficientNet's normalisation) is
+    returned unchanged.
+    """
+    from onnx import numpy_helper
+
+    nodes, initializers = graph.graph.node, {init.name: init for init in graph.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(name: str) -> Any | None:
+        found = consumers.get(name, [])
+        return found[0] if len(found) == 1 else None
+
+    def constant_operand(node: Any, other: str) -> np.ndarray | None:
+        names = [name for name in node.input if name != other]
+        return numpy_helper.to_array(initializers[names[0]]) if len(names) == 1 and names[0] in initializers else None
+
+    pixels = graph.graph.input[0].name
+    scale_node = only_consumer(pixels)
+    scale = constant_operand(scale_node, pixels) if scale_node is not None and scale_node.op_type == "Mul" else None
+    if scale is None or scale.size != 1:
+        return graph
+    removed, output = [scale_node], scale_node.output[0]
+    offset_node = only_consumer(output)
+    if offset_node is not None and offset_node.op_type == "Add":
+        offset = constant_operand(offset_node, output)
+        if offset is None or np.any(offset != 0):
+            return graph
+        removed.append(offset_node)
+        output = offset_node.output[0]
+    conv = only_consumer(output)
+    while conv is not None and conv.op_type in ("Reshape", "Transpose"):  # layout changes commute with a scale
+        conv = only_consumer(conv.output[0])
+    if conv is None or conv.op_type != "Conv" or len(consumers[conv.input[1]]) != 1 or conv.input[1] not in initializers:
+        return graph
+    weights = initializers[conv.input[1]]
+    scaled = numpy_helper.to_array(weights) * scale.reshape(()).astype(numpy_helper.to_array(weights).dtype)
+    weights.CopyFrom(numpy_helper.from_array(scaled, weights.name))
+    for node in consumers[output]:
+        node.input[list(node.input).index(output)] = pixels
+    for node in removed:
+        nodes.remove(node)
+    used = {name for node in nodes for name in node.input}
+    for init in [init for init in graph.graph.initializer if init.name not in used]:
+        graph.graph.initializer.remove(init)
+    return graph
 
 
 def write_onnx_int8(model: Any, path: str | Path, calibration: np.ndarray) -> None:

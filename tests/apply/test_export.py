@@ -111,3 +111,21 @@ def test_onnx_reproduces_a_model_that_resizes_before_batchnorm(sample_faces, tmp
     keras_model, _, _ = tracking.load_reference(str(tmp_path / "model.keras"))
     difference = export.run_exported(exported.model_file, sample_faces) - keras_model.predict(sample_faces, verbose=0)
     assert np.abs(difference).max() <= 1e-4
+
+
+def test_onnx_folds_an_input_scale_into_the_first_convolution_and_leaves_an_offset(sample_faces, tmp_path) -> None:
+    import keras
+
+    from fer_lab.training import deploy, models
+
+    config = models.model_config_from_params("cnn", 48, "none", head={"pooling": "avg", "dropout": 0.0},
+                                             cnn={"widths": [8, 16], "convs_per_block": 1})
+    offset = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Rescaling(1 / 127.5, offset=-1.0),
+                               keras.layers.Conv2D(4, 3, padding="same"), keras.layers.GlobalAveragePooling2D(),
+                               keras.layers.Dense(3, activation="softmax")])
+    for name, model, folded in (("cnn", models.build_model(config, 3), True), ("offset", offset, False)):
+        deploy.write_onnx(model, tmp_path / f"{name}.onnx")
+        first = [node.op_type for node in onnx.load(tmp_path / f"{name}.onnx").graph.node if "pixels" in node.input]
+        assert (first != ["Mul"]) == folded, (name, first)
+        difference = export.run_exported(tmp_path / f"{name}.onnx", sample_faces) - model.predict(sample_faces, verbose=0)
+        assert np.abs(difference).max() <= 1e-4
