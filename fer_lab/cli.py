@@ -156,7 +156,9 @@ def _export(args: argparse.Namespace) -> int:
     parity = exported.contract["parity"]
     print(f"{exported.model_file} ({exported.model_file.stat().st_size / 1e6:.2f} MB) and its contract "
           f"{exported.contract_file}: {len(exported.contract['labels'])} classes; on {parity['probe_images']} probe "
-          f"images max |p - p_keras| {parity['max_abs_diff']:.2e}, same class {parity['same_class']:.0%}")
+          f"images max |p - p_keras| {parity['max_abs_diff']:.2e}, same class {parity['same_class']:.0%}"
+          + "".join(f"; on {faces['images']} images it was not calibrated on, same class {faces['same_class']:.1%}"
+                    for faces in [exported.contract.get("held_out_parity")] if faces))
     if not exported.contract["quantized"] and parity["max_abs_diff"] > runtime.INFERENCE_TOLERANCE:
         other = "tflite" if exported.contract["format"] == "onnx" else "onnx"
         print(f"warning: {exported.model_file.name} does not reproduce the Keras model's probabilities (the "

@@ -77,10 +77,15 @@ def test_int8_onnx_is_calibrated_on_training_images_and_keeps_the_classes(base_m
         export.export_model(run_id, "onnx", tmp_path / "x", quantize=True, tracking_uri=uri)
     assert cli.main(["export", run_id, "--format", "onnx", "--quantize", "--calibration", str(sample_dir),
                      "--out", str(tmp_path / "int8"), "--tracking-uri", uri]) == 0
-    assert "model.onnx" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     contract = json.loads((tmp_path / "int8" / "model.json").read_text())
-    train_images = int((data.build_manifest(sample_dir)["split"] == "train").sum())
+    manifest = data.build_manifest(sample_dir)
+    train_images = int((manifest["split"] == "train").sum())
     assert contract["quantized"] and contract["calibration"]["images"] == min(export.CALIBRATION_IMAGES, train_images)
+    # The check on faces: the sample's images that did not calibrate (its val and test images here).
+    held_out = contract["held_out_parity"]
+    assert held_out["images"] == min(export.CALIBRATION_IMAGES, len(manifest) - train_images)
+    assert held_out["same_class"] >= 0.9 and f"on {held_out['images']} images it was not calibrated on" in printed
     quantized = export.run_exported(tmp_path / "int8" / "model.onnx", sample_faces)
     keras_model, _, _ = tracking.load_reference(run_id)
     expected = keras_model.predict(sample_faces, verbose=0)
@@ -92,6 +97,15 @@ def test_int8_onnx_is_calibrated_on_training_images_and_keeps_the_classes(base_m
     with pytest.raises(FerLabError, match="nowhere"):
         export.export_model(run_id, "onnx", tmp_path / "y", quantize=True, calibration=tmp_path / "nowhere",
                             tracking_uri=uri)
+
+
+def test_calibration_and_held_out_images_are_disjoint_seeded_draws(sample_dir) -> None:
+    calibration, held_out = export.calibration_split(sample_dir, 48, count=100, held_out=30)
+    again, _ = export.calibration_split(sample_dir, 48, count=100, held_out=30)
+    assert calibration.shape == (100, 48, 48, 1) and held_out.shape == (30, 48, 48, 1)
+    np.testing.assert_array_equal(again, calibration)
+    assert not any((calibration == image).all(axis=(1, 2, 3)).any() for image in held_out)
+    np.testing.assert_array_equal(export.calibration_images(sample_dir, 48, count=100), calibration)
 
 
 def test_onnx_reproduces_a_model_that_resizes_before_batchnorm(sample_faces, tmp_path) -> None:
