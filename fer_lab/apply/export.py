@@ -131,29 +131,20 @@ def _parity(got: np.ndarray, expected: np.ndarray) -> dict[str, float]:
             "same_class": float((got.argmax(1) == expected.argmax(1)).mean())}
 
 
-def calibration_images(dataset: str | os.PathLike[str], size: int, count: int = CALIBRATION_IMAGES,
-                       seed: int = 0) -> np.ndarray:
-    """A seeded draw of `count` training images of `dataset` (all its images when it has no training split),
-    as float32 (N, size, size, 1) pixels 0..255.
+def calibration_split(dataset: str | os.PathLike[str], size: int, count: int = CALIBRATION_IMAGES,
+                      held_out: int = CALIBRATION_IMAGES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded draw of `count` training images of `dataset` (all its images when it has no training split) to
+    calibrate an int8 file, and up to `held_out` other readable images (any split) to check it on.
 
     Args:
         dataset: Any dataset fer-lab reads.
         size: The model's input size.
-        count: At most this many images.
-        seed: The draw's seed.
+        count: At most this many calibration images.
+        held_out: At most this many check images; 0: none.
+        seed: The draws' seed.
 
     Returns:
-        The pixels.
-    """
-    return calibration_split(dataset, size, count, held_out=0, seed=seed)[0]
-
-
-def calibration_split(dataset: str | os.PathLike[str], size: int, count: int = CALIBRATION_IMAGES,
-                      held_out: int = CALIBRATION_IMAGES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`calibration_images`, and up to `held_out` other readable images of `dataset` (any split) to check on.
-
-    Returns:
-        The calibration pixels and the held-out pixels (possibly none), float32 (N, size, size, 1).
+        The calibration pixels and the held-out pixels (possibly none), float32 (N, size, size, 1) 0..255.
     """
     from fer_lab import data
 

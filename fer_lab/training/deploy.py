@@ -99,8 +99,8 @@ def fold_input_scale(graph: Any) -> Any:
     if conv is None or conv.op_type != "Conv" or len(consumers[conv.input[1]]) != 1 or conv.input[1] not in initializers:
         return graph
     weights = initializers[conv.input[1]]
-    scaled = numpy_helper.to_array(weights) * scale.reshape(()).astype(numpy_helper.to_array(weights).dtype)
-    weights.CopyFrom(numpy_helper.from_array(scaled, weights.name))
+    kernel = numpy_helper.to_array(weights)
+    weights.CopyFrom(numpy_helper.from_array(kernel * scale.reshape(()).astype(kernel.dtype), weights.name))
     for node in consumers[output]:
         node.input[list(node.input).index(output)] = pixels
     for node in removed:

@@ -105,7 +105,7 @@ def test_calibration_and_held_out_images_are_disjoint_seeded_draws(sample_dir) -
     assert calibration.shape == (100, 48, 48, 1) and held_out.shape == (30, 48, 48, 1)
     np.testing.assert_array_equal(again, calibration)
     assert not any((calibration == image).all(axis=(1, 2, 3)).any() for image in held_out)
-    np.testing.assert_array_equal(export.calibration_images(sample_dir, 48, count=100), calibration)
+    np.testing.assert_array_equal(export.calibration_split(sample_dir, 48, count=100, held_out=0)[0], calibration)
 
 
 def test_onnx_reproduces_a_model_that_resizes_before_batchnorm(sample_faces, tmp_path) -> None:
