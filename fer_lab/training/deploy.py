@@ -114,9 +114,9 @@ def fold_input_scale(graph: Any) -> Any:
 def write_onnx_int8(model: Any, path: str | Path, calibration: np.ndarray) -> None:
     """Keras `model` as an ONNX file with int8 weights and activations (static quantization).
 
-    Weights are quantized per output channel; each activation's range is the min-max it takes on the
-    `calibration` images (float32 (N, size, size, 1), 0..255: a few hundred training images), so the
-    convolutions run as int8 in ONNX Runtime (QDQ format).
+    Weights are quantized per output channel to 7 bits (`reduce_range`); each activation's range is the
+    min-max it takes on the `calibration` images (float32 (N, size, size, 1), 0..255: a few hundred training
+    images), so the convolutions run as int8 in ONNX Runtime (QDQ format).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -138,8 +138,11 @@ def write_onnx_int8(model: Any, path: str | Path, calibration: np.ndarray) -> No
         float_file, prepared = Path(scratch) / "float.onnx", Path(scratch) / "prepared.onnx"
         write_onnx(model, float_file)
         quant_pre_process(str(float_file), str(prepared), skip_symbolic_shape=True)
+        # 7-bit weights: on x86 CPUs without VNNI (AVX2, AVX-512F) ONNX Runtime's u8s8 kernels add pairs of
+        # products in 16 bits, which saturate with full 8-bit weights; the distilled student's int8 file then
+        # agreed with its float file on 89% of PublicTest, and on 99% with 7 bits, at the same speed.
         quantize_static(str(prepared), str(path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
 def log_inference_copy(model: Any, labels: Sequence[str]) -> str:
