@@ -21,7 +21,7 @@ from fer_lab.analysis.evaluate import evaluation_set_tag, metric_prefix
 from fer_lab.errors import ConfigError, DataError, FerLabWarning
 
 SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece",
-                   "accuracy_without_leaked", "accuracy_tta", "tta_gain")
+                   "accuracy_without_leaked", "accuracy_tta", "macro_f1_tta", "tta_gain")
 
 
 class MissingPredictionsWarning(FerLabWarning):
@@ -329,7 +329,7 @@ def has_seeds(runs: pd.DataFrame) -> bool:
 
 
 def seed_summary(runs: pd.DataFrame, split: str = "test",
-                 metrics: tuple[str, ...] = ("accuracy", "accuracy_tta", "macro_f1")) -> pd.DataFrame:
+                 metrics: tuple[str, ...] = ("accuracy", "accuracy_tta", "macro_f1", "macro_f1_tta")) -> pd.DataFrame:
     """Each arm over its seeds: how many, then mean, standard deviation (n - 1), min and max of `metrics`.
 
     Args:

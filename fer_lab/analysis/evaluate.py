@@ -349,7 +349,7 @@ class TtaResult:
         if not self.metrics:
             return "test-time augmentation is off (tta = none)"
         return (f"accuracy {accuracy:.4f} -> {self.metrics['accuracy_tta']:.4f} with {self.mode} averaging "
-                f"({self.metrics['tta_gain']:+.4f})")
+                f"({self.metrics['tta_gain']:+.4f}; macro-F1 {self.metrics['macro_f1_tta']:.4f})")
 
 
 def evaluate_tta(model: Any, pixels: np.ndarray, plain: pd.DataFrame, labels: Sequence[str], *,
@@ -366,7 +366,7 @@ def evaluate_tta(model: Any, pixels: np.ndarray, plain: pd.DataFrame, labels: Se
         batch_size: Images per model call.
 
     Returns:
-        The mode, metrics `accuracy_tta` and `tta_gain` (none for mode none) and tag `tta`.
+        The mode, metrics `accuracy_tta`, `macro_f1_tta` and `tta_gain` (none for mode none) and tag `tta`.
     """
     if mode == "none":
         return TtaResult(mode)
@@ -377,11 +377,13 @@ def evaluate_tta(model: Any, pixels: np.ndarray, plain: pd.DataFrame, labels: Se
 
 def tta_report(plain: pd.DataFrame, averaged_probabilities: np.ndarray,
                labels: Sequence[str]) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The predictions from test-time averaged probabilities, and their accuracy gain over `plain`."""
+    """The predictions from test-time averaged probabilities, their accuracy and macro-F1, and the accuracy
+    gain over `plain`."""
     tta = predictions_frame(plain, np.asarray(averaged_probabilities), labels)
     plain_accuracy = float((plain["label"] == plain["pred"]).mean())
-    tta_accuracy = float((tta["label"] == tta["pred"]).mean())
-    return tta, {"accuracy_tta": tta_accuracy, "tta_gain": tta_accuracy - plain_accuracy}
+    averaged = summary_metrics(tta, labels)
+    return tta, {"accuracy_tta": averaged["accuracy"], "macro_f1_tta": averaged["macro_f1"],
+                 "tta_gain": averaged["accuracy"] - plain_accuracy}
 
 
 def flat_metrics(predictions: pd.DataFrame, labels: Sequence[str], prefix: str = "test_") -> dict[str, float]:

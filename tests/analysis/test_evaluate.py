@@ -189,6 +189,8 @@ def test_tta_averages_plain_and_flipped(predictions: pd.DataFrame) -> None:
     assert tta.loc[3, "pred"] == "a"
     assert tta.loc[3, "prob_a"] == pytest.approx(0.5)
     assert gain["accuracy_tta"] == pytest.approx(0.7)
+    assert gain["macro_f1_tta"] == pytest.approx(evaluate.summary_metrics(tta, LABELS)["macro_f1"])
+    assert gain["macro_f1_tta"] != pytest.approx(evaluate.summary_metrics(predictions, LABELS)["macro_f1"])
     assert gain["tta_gain"] == pytest.approx(0.1)
 
 
