@@ -50,6 +50,7 @@ def recipe_config(params_file: str) -> train.TrainConfig:
     return train.TrainConfig.from_params(
         backbone=values["backbone"], image_size=values["image_size"], weights="none", phases=values["phases"],
         cycles=values["cycles"], head=values["head"], cnn=values["cnn"], resnet=values["resnet"],
+        efficientnet=values["efficientnet"],
         augment_params=values["augment"], **{name: values[name] for name in options})
 
 

@@ -35,6 +35,9 @@ _EFFICIENTNET_V2 = {
 EFFICIENTNETS = {**_EFFICIENTNET_V1, **_EFFICIENTNET_V2}
 BACKBONES = (CNN_BACKBONE, RESNET_BACKBONE, *EFFICIENTNETS)
 
+# The drop_connect_rate every keras.applications EfficientNet constructor builds its blocks with.
+KERAS_DROP_CONNECT_RATE = 0.2
+
 _V1_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/"
 _V2_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
 
@@ -112,6 +115,26 @@ class ResnetConfig:
 
 
 @dataclass(frozen=True)
+class EfficientNetConfig:
+    """What fer-lab changes in a Keras EfficientNet (B0..B7, V2): the stochastic depth of its blocks."""
+
+    # Keras drops each residual block's branch with a rate rising linearly with depth to this value;
+    # 0 turns stochastic depth off, for a network that underfits its budget.
+    drop_connect_rate: float = KERAS_DROP_CONNECT_RATE
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "EfficientNetConfig":
+        values = dict(values or {})
+        unknown = set(values) - {"drop_connect_rate"}
+        if unknown:
+            raise FerLabError(f"efficientnet: unknown keys {sorted(unknown)} (known: drop_connect_rate)")
+        rate = float(values.get("drop_connect_rate", cls.drop_connect_rate))
+        if not 0.0 <= rate < 1.0:
+            raise FerLabError(f"efficientnet.drop_connect_rate must be in [0, 1), not {rate}")
+        return cls(rate)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that decides the architecture and its initial weights."""
 
@@ -121,6 +144,7 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     cnn: CnnConfig = field(default_factory=CnnConfig)
     resnet: ResnetConfig = field(default_factory=ResnetConfig)
+    efficientnet: EfficientNetConfig = field(default_factory=EfficientNetConfig)
 
     @property
     def pretrained(self) -> bool:
@@ -157,7 +181,7 @@ def build_model(config: ModelConfig, num_classes: int, input_size: int = INPUT_S
         backbone = _resnet(config.image_size, config.resnet)
     else:
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
-        backbone = _efficientnet(config.backbone, config.image_size, weights)
+        backbone = _efficientnet(config.backbone, config.image_size, weights, config.efficientnet)
     x = backbone(x)
     x = _head(x, config.head, num_classes)
     return keras.Model(pixels, x, name=f"fer_{config.backbone}")
@@ -199,13 +223,19 @@ def _transfer(config: ModelConfig, reference: str, num_classes: int, input_size:
     return keras.Model(pixels, x, name=f"fer_{family}")
 
 
-def _efficientnet(backbone: str, image_size: int, weights: str | None) -> keras.Model:
+def _efficientnet(backbone: str, image_size: int, weights: str | None, config: EfficientNetConfig) -> keras.Model:
     constructor: Callable[..., keras.Model] = getattr(keras.applications, EFFICIENTNETS[backbone])
     try:
         # EfficientNet's own Rescaling/Normalization layers expect 0..255 RGB, which is what we feed it.
-        return constructor(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+        model = constructor(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
     except (ValueError, OSError) as error:
         raise FerLabError(f"cannot load weights {weights!r} into {backbone}: {error}") from error
+    # The constructors do not take the rate; a Dropout layer reads its rate when the training step is traced.
+    scale = config.drop_connect_rate / KERAS_DROP_CONNECT_RATE
+    for layer in model.layers:
+        if isinstance(layer, layers.Dropout) and layer.name.endswith("_drop"):
+            layer.rate = layer.rate * scale
+    return model
 
 
 def _plain_cnn(image_size: int, config: CnnConfig) -> keras.Model:
@@ -359,6 +389,7 @@ def model_config_from_params(
     head: dict[str, Any] | None = None,
     cnn: dict[str, Any] | None = None,
     resnet: dict[str, Any] | None = None,
+    efficientnet: dict[str, Any] | None = None,
 ) -> ModelConfig:
     """A `ModelConfig` from plain notebook parameters."""
     return ModelConfig(
@@ -368,6 +399,7 @@ def model_config_from_params(
         head=HeadConfig.from_dict(head),
         cnn=CnnConfig.from_dict(cnn),
         resnet=ResnetConfig.from_dict(resnet),
+        efficientnet=EfficientNetConfig.from_dict(efficientnet),
     )
 
 
@@ -378,6 +410,8 @@ def describe(config: ModelConfig) -> str:
         base += f" widths={list(config.cnn.widths)}x{config.cnn.convs_per_block}"
     elif config.backbone == RESNET_BACKBONE:
         base += f" widths={list(config.resnet.widths)} blocks={list(config.resnet.blocks)}"
+    elif config.efficientnet != EfficientNetConfig():
+        base += f" drop_connect_rate={config.efficientnet.drop_connect_rate:g}"
     weights = normalise_weights(config.weights) or "none"
     if is_model_reference(weights):
         base, weights = f"{config.backbone}@{config.image_size}px", f"backbone of {weights}"

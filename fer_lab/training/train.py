@@ -94,6 +94,7 @@ class TrainConfig:
         head: dict[str, Any] | None = None,
         cnn: dict[str, Any] | None = None,
         resnet: dict[str, Any] | None = None,
+        efficientnet: dict[str, Any] | None = None,
         augment_params: dict[str, Any] | None = None,
         **options: Any,
     ) -> "TrainConfig":
@@ -102,7 +103,7 @@ class TrainConfig:
             teacher = options["teacher"]
             options["teacher"] = tuple(str(t) for t in ([teacher] if isinstance(teacher, str) else teacher or []) if t)
         return cls(
-            model=models.model_config_from_params(backbone, image_size, weights, head, cnn, resnet),
+            model=models.model_config_from_params(backbone, image_size, weights, head, cnn, resnet, efficientnet),
             schedule=schedule.Schedule.from_config(phases, cycles),
             augment=augment.AugmentConfig.from_dict(augment_params),
             **{key: (str(value).lower() if key in ("freeze_batchnorm", "mixed_precision") else value)
@@ -117,8 +118,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["schedule"] = self.schedule.to_config()
-        if not self.distill:  # so that checkpoints made before distillation existed still resume
+        # Settings at their defaults that older checkpoints predate are left out, so those still resume.
+        if not self.distill:
             del values["teacher"], values["distill"]
+        if self.model.efficientnet == models.EfficientNetConfig():
+            del values["model"]["efficientnet"]
         return values
 
     def fingerprint(self) -> str:

@@ -87,6 +87,33 @@ def test_resnet_builds_with_stage_blocks_and_trains_a_step() -> None:
         models.ResnetConfig.from_dict({"widths": [8, 16], "blocks": [1]})
 
 
+def test_efficientnet_drop_connect_rate_scales_stochastic_depth_and_zero_turns_it_off() -> None:
+    def block_drop_rates(rate: float | None) -> tuple[keras.Model, list[float]]:
+        settings = None if rate is None else {"drop_connect_rate": rate}
+        config = models.model_config_from_params("efficientnetb0", 48, "none", efficientnet=settings)
+        backbone = models.backbone_of(models.build_model(config, len(LABELS)))
+        return backbone, [layer.rate for layer in backbone.layers if layer.name.endswith("_drop")]
+
+    _, keras_rates = block_drop_rates(None)
+    _, halved = block_drop_rates(0.1)
+    backbone, off = block_drop_rates(0.0)
+    assert keras_rates == sorted(keras_rates) and 0 < keras_rates[0] < keras_rates[-1] < 0.2  # rising with depth
+    assert np.allclose(halved, np.array(keras_rates) / 2)
+    assert off == [0.0] * len(keras_rates)
+    faces = np.random.default_rng(0).uniform(0, 255, (4, 48, 48, 3)).astype(np.float32)
+    assert np.allclose(backbone(faces, training=True), backbone(faces, training=True))
+    with pytest.raises(FerLabError, match="drop_connect_rate"):
+        models.EfficientNetConfig.from_dict({"drop_connect_rate": 1.0})
+    with pytest.raises(FerLabError, match="unknown keys"):
+        models.EfficientNetConfig.from_dict({"stem_stride": 1})
+    phases = [{"name": "all", "epochs": 1, "trainable": "all"}]
+    keras_default = train.TrainConfig.from_params(backbone="efficientnetb0", image_size=48, weights="none", phases=phases)
+    no_depth = train.TrainConfig.from_params(backbone="efficientnetb0", image_size=48, weights="none", phases=phases,
+                                             efficientnet={"drop_connect_rate": 0.0})
+    assert "efficientnet" not in keras_default.to_dict()["model"]  # checkpoints from before the option resume
+    assert no_depth.to_dict()["model"]["efficientnet"] == {"drop_connect_rate": 0.0}
+
+
 def test_weight_average_differs_from_raw_weights_and_is_what_training_returns(tmp_path) -> None:
     config = train.TrainConfig.from_params(
         backbone="cnn", image_size=48, weights="none", head={"pooling": "avg", "dropout": 0.0},
