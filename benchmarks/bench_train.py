@@ -1,6 +1,6 @@
 """Training throughput of the recipes: the real input pipeline vs ready tensors, and the share of the machine used.
 
-    python benchmarks/bench_train.py [--data PATH] [--recipes params/fer2013-cpu.yaml,...] [--steps 40] [--rounds 3]
+    python benchmarks/bench_train.py [--data PATH] [--recipes params/fer2013-cpu.yaml,...] [--steps 40] [--rounds 3] [--xla]
 
 For each recipe (a params file; its 03_train parameters over the notebook's defaults) the same compiled
 model trains for `--steps` steps on
@@ -8,7 +8,9 @@ model trains for `--steps` steps on
   pipeline  fer_lab.training.datasets.training_dataset: cached uint8 pixels, seeded shuffling, the recipe's
             albumentations in parallel tf.data workers, prefetch (what 03_train uses);
   naive     a Python generator that augments one image at a time with the same albumentations
-            pipeline and stacks the batch (the common Keras pattern).
+            pipeline and stacks the batch (the common Keras pattern);
+  xla       with --xla, `tensors` through a second copy of the model compiled with XLA (`jit_compile`,
+            which Keras leaves off on machines without an accelerator).
 Modes are interleaved over `--rounds` rounds and the median is reported, because other processes
 share the CPU. Images/s is wall-clock; CPU ms/image (this process, all threads) is the cost that
 does not depend on what else runs. Pipeline overhead = how much slower `pipeline` is than `tensors`.
@@ -37,6 +39,7 @@ from fer_lab.pipeline import notebook, runner  # noqa: E402
 from fer_lab.training import augment, cost, datasets, models, schedule, train  # noqa: E402
 
 MODES = ("tensors", "pipeline", "naive")
+XLA_MODE = "xla"
 TRAIN_NOTEBOOK = project.NOTEBOOKS_DIR / "03_train.ipynb"
 
 
@@ -83,7 +86,7 @@ def dataset_for(mode: str, pixels: np.ndarray, targets: np.ndarray, config: trai
     import tensorflow as tf
 
     batch_size = config.batch_size
-    if mode == "tensors":
+    if mode in ("tensors", XLA_MODE):
         batch = (tf.constant(pixels[:batch_size, :, :, None].astype(np.float32)), tf.constant(targets[:batch_size]))
         return tf.data.Dataset.from_tensors(batch).repeat(steps)
     if mode == "pipeline":
@@ -93,20 +96,31 @@ def dataset_for(mode: str, pixels: np.ndarray, targets: np.ndarray, config: trai
     return naive_generator(pixels, targets, batch_size, config.augment, seed=round_)
 
 
-def bench_recipe(config: train.TrainConfig, pixels: np.ndarray, targets: np.ndarray, *, steps: int,
-                 rounds: int) -> tuple[dict[str, dict[str, float]], int]:
-    """Median images/s and CPU ms/image per mode, and the model's forward FLOPs per image."""
-    model = models.build_model(config.model, targets.shape[1])
+def compiled_model(config: train.TrainConfig, classes: int, steps: int, *, xla: bool = False) -> Any:
+    """The recipe's model compiled as 03_train compiles it, optionally with XLA."""
+    model = models.build_model(config.model, classes)
     phase = schedule.Schedule.from_config([{"name": "all", "epochs": 1}]).plan()[0]
     schedule.compile_phase(model, phase, steps, freeze_batchnorm=False)
-    for mode in MODES:  # warm-up: traces the train step for each input signature
-        model.fit(dataset_for(mode, pixels, targets, config, 3, 0), steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
-    samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+    model.jit_compile = xla
+    return model
+
+
+def bench_recipe(config: train.TrainConfig, pixels: np.ndarray, targets: np.ndarray, *, steps: int,
+                 rounds: int, modes: tuple[str, ...] = MODES) -> tuple[dict[str, dict[str, float]], int]:
+    """Median images/s and CPU ms/image per mode, and the model's forward FLOPs per image."""
+    model = compiled_model(config, targets.shape[1], steps)
+    model_for = {mode: model for mode in modes}
+    if XLA_MODE in modes:
+        model_for[XLA_MODE] = compiled_model(config, targets.shape[1], steps, xla=True)
+    for mode in modes:  # warm-up: traces (and for XLA compiles) the train step for each input signature
+        model_for[mode].fit(dataset_for(mode, pixels, targets, config, 3, 0), steps_per_epoch=3, epochs=1, verbose=0,
+                            shuffle=False)
+    samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
     for round_ in range(1, rounds + 1):
-        for mode in MODES:
+        for mode in modes:
             dataset = dataset_for(mode, pixels, targets, config, steps, round_)
             wall, cpu = time.perf_counter(), time.process_time()
-            model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+            model_for[mode].fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             images = steps * config.batch_size
             samples[mode].append((images / wall, 1000 * cpu / images))
@@ -126,7 +140,9 @@ def main() -> None:
     parser.add_argument("--recipes", default="params/fer2013-cpu.yaml,params/ci.yaml", help="params files")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per mode and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--xla", action="store_true", help="also time ready tensors through an XLA-compiled copy")
     args = parser.parse_args()
+    modes = MODES + ((XLA_MODE,) if args.xla else ())
     recipes = {name: recipe_config(name) for name in args.recipes.split(",")}
     largest_batch = max(config.batch_size for config in recipes.values())
     pixels, targets, epoch_images = load_images(args.data, largest_batch * args.steps * 2)
@@ -135,11 +151,11 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
           f"fp32 matmul {matmul / 1e9:.0f} GFLOP/s measured now")
     for name, config in recipes.items():
-        result, flops = bench_recipe(config, pixels, targets, steps=args.steps, rounds=args.rounds)
+        result, flops = bench_recipe(config, pixels, targets, steps=args.steps, rounds=args.rounds, modes=modes)
         tensors, pipeline, naive = (result[mode] for mode in MODES)
         print(f"\n{name}: {models.describe(config.model)}, batch {config.batch_size}, "
               f"{flops / 1e6:.0f} MFLOP/image forward")
-        for mode in MODES:
+        for mode in modes:
             rate = training_flops_per_s(flops, result[mode]["images_per_s"])
             print(f"  {mode:9s} {result[mode]['images_per_s']:7.1f} images/s   {result[mode]['cpu_ms_per_image']:6.2f} "
                   f"CPU ms/image   {rate / 1e9:6.1f} GFLOP/s = {rate / matmul:.1%} of matmul")
@@ -149,7 +165,8 @@ def main() -> None:
         print(f"  one epoch ({epoch_images} images) at the pipeline's rate: "
               f"{epoch_images / pipeline['images_per_s'] / 60:.1f} min")
         print(f"  ratios images/s pipeline:tensors {pipeline['images_per_s'] / tensors['images_per_s']:.3f}, "
-              f"naive:tensors {naive['images_per_s'] / tensors['images_per_s']:.3f}")
+              f"naive:tensors {naive['images_per_s'] / tensors['images_per_s']:.3f}"
+              + (f", xla:tensors {result[XLA_MODE]['images_per_s'] / tensors['images_per_s']:.3f}" if args.xla else ""))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
