@@ -59,6 +59,30 @@ def quiet_stderr() -> Iterator[None]:
                 sys.stderr.flush()
 
 
+def keras_backend() -> str:
+    """The backend Keras loads (`KERAS_BACKEND`, else tensorflow), read without importing Keras."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def accelerator() -> str:
+    """The name of the GPU Keras' backend computes on, or '' when it computes on the CPU."""
+    import keras
+
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        gpus = [device for device in jax.devices() if device.platform == "gpu"]
+        return gpus[0].device_kind if gpus else ""
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    tf = import_tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else ""
+
+
 def import_tensorflow() -> ModuleType:
     """TensorFlow, imported and its devices queried (where CUDA start-up logs) without the start-up noise."""
     if "tensorflow" in sys.modules:

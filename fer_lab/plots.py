@@ -1,4 +1,4 @@
-"""Figures shared by the notebooks: confusion heatmaps, image grids, reliability diagrams, curves.
+"""Figures shared by the notebooks: confusion heatmaps, image grids, reliability diagrams, curves, training curves.
 
 Figures are built as `matplotlib.figure.Figure` objects outside pyplot's registry, so a notebook
 shows each one exactly once (as the cell's value or through `display`) and loops that make many
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -140,6 +141,36 @@ def curves(history: pd.DataFrame, *, x: str = "step", y: str = "value", hue: str
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
     ax.set_title(title)
+    return fig
+
+
+def training_curves(history: pd.DataFrame, plan: Sequence[Any]) -> Figure:
+    """Loss, accuracy and learning rate per global epoch of a training history, phase boundaries marked.
+
+    Args:
+        history: One row per epoch: epoch, train_/val_ loss and accuracy, lr.
+        plan: The schedule's phases (`Schedule.plan()`), each with `first_epoch` and `tag`.
+
+    Returns:
+        Three panels side by side.
+    """
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
+    for ax, metric in zip(axes[:2], ("loss", "accuracy")):
+        ax.plot(history["epoch"], history[f"train_{metric}"], "o-", label="train", markersize=3)
+        ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="val", markersize=3)
+        ax.set_title(metric)
+        ax.legend(loc="best")
+    axes[2].plot(history["epoch"], history["lr"], "o-", color="tab:green", markersize=3)
+    axes[2].set_yscale("log")
+    axes[2].set_title("learning rate (start of epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        for planned in plan:
+            ax.axvline(planned.first_epoch - 0.5, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(planned.first_epoch - 0.4, 1.0, planned.tag, transform=ax.get_xaxis_transform(),
+                    fontsize=7, va="top", color="grey")
+    fig.tight_layout()
     return fig
 
 

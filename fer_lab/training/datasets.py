@@ -1,27 +1,33 @@
-"""Training inputs: targets (hard, smoothed by FER+ votes), class weights, and fast tf.data pipelines.
+"""Training inputs: targets (hard, smoothed by FER+ votes), class weights, and fast input pipelines.
 
 Pixels are decoded once (`data.load_pixels`, cached as .npy) and kept in memory as uint8. Each
 training epoch draws a seeded permutation; a batch is gathered and augmented with albumentations
 inside `tf.numpy_function`, with several batches prepared in parallel and prefetched, so the model
 rarely waits for its input. Batch `i` of epoch `e` is augmented with a seed derived from
 (seed, e, i): the same run sees the same images, also when it is resumed after a crash.
+
+On another Keras backend (JAX on a GPU machine, where TensorFlow is often not installed) the same
+batches come from a `keras.utils.PyDataset` on worker threads instead of tf.data.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from fer_lab.data.labels import VOTE_CLASS
 from fer_lab.errors import FerLabError
 from fer_lab.training import augment
 
 CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
+LOADERS = ("auto", "tf.data", "threads")  # auto: tf.data on the TensorFlow backend, threads on the others
 
 
 @dataclass
@@ -175,15 +181,18 @@ def mix_batch(images: np.ndarray, targets: np.ndarray, weights: np.ndarray | Non
 
 
 def training_dataset(split: Split, *, batch_size: int, augmentation: augment.AugmentConfig, seed: int,
-                     epoch: int, mixup: float = 0.0, cutmix: float = 0.0) -> tf.data.Dataset:
-    """One epoch of shuffled, augmented (and optionally mixed) batches: (float32 images (B, H, W, 1), targets[, weights])."""
+                     epoch: int, mixup: float = 0.0, cutmix: float = 0.0, loader: str = "auto") -> Any:
+    """One epoch of shuffled, augmented (and optionally mixed) batches: (float32 images (B, H, W, 1), targets[, weights]).
+
+    `loader` picks tf.data or a thread-pool `PyDataset` (see `LOADERS`); both give the same batches.
+    """
     size = len(split)
     batch_size = min(batch_size, size)
     steps = steps_per_epoch(size, batch_size)
     order = np.random.default_rng([seed, epoch]).permutation(size)
     local = threading.local()  # albumentations pipelines keep state: one per worker thread
 
-    def load(index: np.ndarray) -> tuple[np.ndarray, ...]:
+    def load(index: Any) -> tuple[np.ndarray, ...]:
         chosen = np.sort(order[int(index) * batch_size:(int(index) + 1) * batch_size])
         images = split.pixels[chosen]
         if augmentation.enabled:
@@ -197,6 +206,10 @@ def training_dataset(split: Split, *, batch_size: int, augmentation: augment.Aug
                                              rng=np.random.default_rng(batch_seed(seed, epoch, int(index))))
         batch = (images[..., None], targets)
         return batch if weights is None else (*batch, weights)
+
+    if not _uses_tf_data(loader):
+        return _Batches(load, steps, workers=min(8, os.cpu_count() or 1))
+    import tensorflow as tf
 
     height, width = split.pixels.shape[1:]
     shapes = [(batch_size, height, width, 1), (batch_size, split.targets.shape[1])]
@@ -214,10 +227,38 @@ def training_dataset(split: Split, *, batch_size: int, augmentation: augment.Aug
             .prefetch(tf.data.AUTOTUNE))
 
 
-def eval_dataset(split: Split, batch_size: int = 256) -> tf.data.Dataset:
+def eval_dataset(split: Split, batch_size: int = 256, loader: str = "auto") -> Any:
     """Un-augmented batches in order, for validation."""
+    if not _uses_tf_data(loader):
+        def load(index: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = slice(index * batch_size, (index + 1) * batch_size)
+            return split.pixels[rows, ..., None].astype(np.float32), split.targets[rows]
+
+        return _Batches(load, math.ceil(len(split) / batch_size))
+    import tensorflow as tf
+
     images = split.pixels[..., None]
     return (tf.data.Dataset.from_tensor_slices((images, split.targets))
             .batch(batch_size)
             .map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
+
+
+def _uses_tf_data(loader: str) -> bool:
+    if loader not in LOADERS:
+        raise FerLabError(f"loader must be one of {', '.join(LOADERS)}, not {loader!r}")
+    return loader == "tf.data" or (loader == "auto" and keras.config.backend() == "tensorflow")
+
+
+class _Batches(keras.utils.PyDataset):
+    """Batches `load(0..steps-1)`, prepared ahead on `workers` threads (albumentations and NumPy release the GIL)."""
+
+    def __init__(self, load: Callable[[int], tuple[np.ndarray, ...]], steps: int, workers: int = 1) -> None:
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4 * workers)
+        self._load, self._steps = load, steps
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        return self._load(index)

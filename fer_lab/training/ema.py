@@ -2,6 +2,7 @@
 
 The average is smoother than the weights of the last step, so it usually validates better; training
 validates, checkpoints and logs the averaged weights while the optimizer keeps updating the raw ones.
+It is kept as backend tensors, where the weights are (on a GPU, it never travels to the host while training).
 """
 
 from __future__ import annotations
@@ -31,21 +32,21 @@ class WeightAverage(keras.callbacks.Callback):
         self.decay = decay
         self.steps = 0
         self.tracked = [weight for weight in model.weights if "float" in str(weight.dtype)]
-        self.average = [np.array(keras.ops.convert_to_numpy(weight)) for weight in self.tracked]
+        self.average = [keras.ops.copy(weight.value) for weight in self.tracked]
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.steps += 1
         decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        for average, weight in zip(self.average, self.tracked):
-            average *= decay
-            average += (1 - decay) * keras.ops.convert_to_numpy(weight)
+        _ = self.model  # on JAX, reading the model writes the training state back into its variables
+        self.average = [decay * average + (1 - decay) * weight.value
+                        for average, weight in zip(self.average, self.tracked)]
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         """Inside the block the model holds the averaged weights; the raw ones come back afterwards."""
         raw = [np.array(keras.ops.convert_to_numpy(weight)) for weight in self.tracked]
         for weight, average in zip(self.tracked, self.average):
-            weight.assign(average)
+            weight.assign(keras.ops.copy(average))  # a copy: JAX may donate (delete) what the model computes with
         try:
             yield
         finally:
@@ -55,7 +56,7 @@ class WeightAverage(keras.callbacks.Callback):
     def save(self, path: Path) -> None:
         """Write the average and its step count atomically (a kill mid-write keeps the previous file)."""
         partial = path.with_name(path.name + ".partial.npz")
-        np.savez(partial, steps=self.steps, *self.average)
+        np.savez(partial, *(keras.ops.convert_to_numpy(average) for average in self.average), steps=self.steps)
         os.replace(partial, path)
 
     def load(self, path: Path) -> None:
@@ -63,6 +64,6 @@ class WeightAverage(keras.callbacks.Callback):
         with np.load(path) as stored:
             average = [stored[f"arr_{index}"] for index in range(len(stored.files) - 1)]
             steps = int(stored["steps"])
-        if [a.shape for a in average] != [a.shape for a in self.average]:
+        if [a.shape for a in average] != [tuple(a.shape) for a in self.average]:
             raise FerLabError(f"{path}: the stored weight average does not fit this model")
-        self.average, self.steps = average, steps
+        self.average, self.steps = [keras.ops.convert_to_tensor(a) for a in average], steps

@@ -14,20 +14,19 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 import pandas as pd
 
+from fer_lab import _native
 from fer_lab.errors import ConfigError, FerLabError
 from fer_lab.training import augment, datasets, distillation, ema, models, schedule
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 STATE_FILE = "state.json"
 LAST_MODEL = "last.keras"
@@ -38,6 +37,7 @@ FILTERED_MANIFEST = "filtered_manifest.csv"
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
                  "images_per_s", "val_time_s", "epoch_cpu_s", "phase", "cycle")
+TRAINED_ON_TAG = "trained_on"  # where the epochs ran ("jax NVIDIA H200", "tensorflow cpu"), from the history
 
 
 @dataclass(frozen=True)
@@ -145,10 +145,8 @@ class TrainResult:
 
 def use_mixed_precision(mode: str) -> bool:
     """Set Keras' global dtype policy: mixed_float16 on a GPU when `auto`, never on CPU (no gain there)."""
-    import tensorflow as tf
-
     mode = str(mode).lower()
-    enabled = mode == "true" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    enabled = mode == "true" or (mode == "auto" and bool(_native.accelerator()))
     keras.mixed_precision.set_global_policy("mixed_float16" if enabled else "float32")
     return enabled
 
@@ -168,15 +166,17 @@ def train(
 
     `run_id` is the MLflow run the checkpoint belongs to; default is the active run, and metrics go
     to the active run when there is one. A checkpoint of another run is discarded (this is a new run);
-    a checkpoint of the same run made with other settings is an error. `on_epoch(epoch, row)` is called
-    after each epoch with its metrics; returning True ends training there (a pruned sweep trial).
+    a checkpoint of the same run made with other settings is an error; one made without a run (`fer-lab
+    train`, on a machine without MLflow) becomes this run's. `on_epoch(epoch, row)` is called after each
+    epoch with its metrics; returning True ends training there (a pruned sweep trial).
     """
     from fer_lab import tracking
 
     labels = list(labels)
     if train_split.targets.shape[1] != len(labels) or val_split.targets.shape[1] != len(labels):
         raise FerLabError(f"targets have {train_split.targets.shape[1]} classes but there are {len(labels)} labels")
-    active = tracking.active_run_id()  # metrics and tags go to the active run only
+    # Metrics and tags go to the active run only; without MLflow loaded there is none.
+    active = tracking.active_run_id() if sys.modules.get("mlflow") is not None else ""
     run_id = run_id or active
     checkpoint_dir = Path(checkpoint_dir)
     state = _load_state(checkpoint_dir, config, run_id, log)
@@ -188,19 +188,30 @@ def train(
     best_sign = 1.0 if MONITORS[config.monitor] == "max" else -1.0
 
     completed = state["completed_epochs"]
-    if completed:
+    if not state["run_id"] and run_id:
+        state["run_id"] = run_id
+    model, average = None, None
+    if completed >= total_epochs:  # nothing left to train (perhaps trained elsewhere): best.keras is all it needs
+        if not (checkpoint_dir / BEST_MODEL).is_file():
+            raise FerLabError(f"{checkpoint_dir}: state says all {completed} epochs are done but {BEST_MODEL} is missing")
+        log(f"all {total_epochs} epochs finished in {checkpoint_dir}")
+    elif completed:
+        if not (checkpoint_dir / LAST_MODEL).is_file():
+            raise FerLabError(f"{checkpoint_dir}: state says {completed} epochs but {LAST_MODEL} is missing")
         model = keras.models.load_model(checkpoint_dir / LAST_MODEL)  # with its optimizer state
         log(f"resuming after epoch {completed}/{total_epochs} from {checkpoint_dir / LAST_MODEL}")
-        if active:
-            _relog_missing_epochs(run_id, state["history"])
     else:
         model = models.build_model(config.model, len(labels), train_split.pixels.shape[1], seed=config.seed)
-        _write_state(checkpoint_dir, {**state, "run_id": run_id})
-    average = ema.WeightAverage(model, config.ema) if config.ema else None
-    if average is not None and completed:
-        average.load(checkpoint_dir / EMA_FILE)
+    _write_state(checkpoint_dir, state)
+    if config.ema and model is not None:
+        average = ema.WeightAverage(model, config.ema)
+        if completed:
+            average.load(checkpoint_dir / EMA_FILE)
     (checkpoint_dir / LABELS_FILE).write_text(json.dumps({"labels": labels}))  # best.keras is then a model reference
+    device = f"{keras.config.backend()} {_native.accelerator() or 'cpu'}"
     if active:
+        if completed:
+            _relog_missing_epochs(run_id, state["history"])
         tracking.set_tags({"schedule": config.schedule.describe(), "total_epochs": str(total_epochs),
                            "model": models.describe(config.model)})
         if models.is_model_reference(config.model.weights):
@@ -225,7 +236,7 @@ def train(
         if active:
             tracking.set_tags({"phase": planned.tag})
         for epoch in range(max(planned.first_epoch, completed + 1), planned.last_epoch + 1):
-            row = _run_epoch(model, config, planned, epoch, train_split, val_data, steps, average)
+            row = {**_run_epoch(model, config, planned, epoch, train_split, val_data, steps, average), "device": device}
             state["history"].append(row)
             value = row[config.monitor]
             if state["best_epoch"] == 0 or best_sign * (value - state["best_value"]) > 0:
@@ -253,6 +264,8 @@ def train(
     history = pd.DataFrame(state["history"])
     if active:
         tracking.log_metrics({"best_epoch": state["best_epoch"], f"best_{config.monitor}": state["best_value"]})
+        trained_on = dict.fromkeys(row["device"] for row in state["history"] if row.get("device"))
+        tracking.set_tags({TRAINED_ON_TAG: ", ".join(trained_on) or "unrecorded"})
     return TrainResult(best, history, state["best_epoch"], state["best_value"], config.monitor,
                        checkpoint_dir, state["resumed_after"], compiles)
 
@@ -310,8 +323,6 @@ def _load_state(checkpoint_dir: Path, config: TrainConfig, run_id: str, log: Cal
             f"{checkpoint_dir} holds a checkpoint of this run made with different settings; resume it with the "
             f"same parameters, or use another run_name / delete {checkpoint_dir} to start over"
         )
-    if state["completed_epochs"] and not (checkpoint_dir / LAST_MODEL).is_file():
-        raise FerLabError(f"{checkpoint_dir}: state says {state['completed_epochs']} epochs but {LAST_MODEL} is missing")
     state["resumed_after"] = state["completed_epochs"]
     return state
 
@@ -361,31 +372,6 @@ def _relog_missing_epochs(run_id: str, history: list[dict[str, Any]]) -> None:
     for row in history:
         if int(row["epoch"]) not in logged:
             _log_epoch(row)
-
-
-def plot_history(history: pd.DataFrame, plan: Sequence[schedule.PlannedPhase]) -> "Figure":
-    """Loss, accuracy and learning rate per global epoch, with the phase boundaries marked."""
-    from matplotlib.figure import Figure
-
-    # Outside pyplot, like every figure in fer_lab.plots: the notebook shows it once, as the cell's value.
-    fig = Figure(figsize=(15, 4))
-    axes = fig.subplots(1, 3)
-    for ax, metric in zip(axes[:2], ("loss", "accuracy")):
-        ax.plot(history["epoch"], history[f"train_{metric}"], "o-", label="train", markersize=3)
-        ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="val", markersize=3)
-        ax.set_title(metric)
-        ax.legend(loc="best")
-    axes[2].plot(history["epoch"], history["lr"], "o-", color="tab:green", markersize=3)
-    axes[2].set_yscale("log")
-    axes[2].set_title("learning rate (start of epoch)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        for planned in plan:
-            ax.axvline(planned.first_epoch - 0.5, color="grey", linestyle="--", linewidth=0.8)
-            ax.text(planned.first_epoch - 0.4, 1.0, planned.tag, transform=ax.get_xaxis_transform(),
-                    fontsize=7, va="top", color="grey")
-    fig.tight_layout()
-    return fig
 
 
 def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str], config: TrainConfig, *,

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from fer_lab import project, tracking
+from fer_lab import plots, project, tracking
 from fer_lab.errors import ConfigError, FerLabError
 from fer_lab.training import augment, datasets, train
 
@@ -93,6 +93,39 @@ def test_training_batches_are_augmented_shuffled_and_reproducible():
     assert not any(np.array_equal(augmented[0], image) for image in pixels[:100])  # altered, not copied
 
 
+def test_the_thread_loader_gives_the_batches_tf_data_gives():
+    """Backends other than TensorFlow (JAX on a GPU machine) read batches from threads: the same batches."""
+    import keras
+
+    rows, pixels = toy_rows(100, 20)
+    split = datasets.make_split(rows.iloc[:100], pixels[:100], LABELS, weights=np.ones(7, dtype=np.float32))
+    config = augment.AugmentConfig(dropout=0.5)
+
+    def batches(dataset):
+        items = dataset if hasattr(dataset, "as_numpy_iterator") else (dataset[i] for i in range(len(dataset)))
+        return [tuple(np.asarray(t) for t in batch) for batch in items]
+
+    def training(loader):
+        return batches(datasets.training_dataset(split, batch_size=32, augmentation=config, seed=0, epoch=1,
+                                                 mixup=0.2, loader=loader))
+
+    threads, tf_data = training("threads"), training("tf.data")
+    assert len(threads) == len(tf_data) == 3
+    assert all(np.array_equal(a, b) for x, y in zip(threads, tf_data) for a, b in zip(x, y))
+    val = datasets.make_split(rows.iloc[100:], pixels[100:], LABELS)
+    evaluated = [batches(datasets.eval_dataset(val, batch_size=8, loader=loader)) for loader in ("threads", "tf.data")]
+    assert [len(batch[0]) for batch in evaluated[0]] == [8, 8, 4]
+    assert all(np.array_equal(a, b) for x, y in zip(*evaluated) for a, b in zip(x, y))
+
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7, "softmax")])
+    model.compile("adam", "categorical_crossentropy")
+    fitted = model.fit(datasets.training_dataset(split, batch_size=32, augmentation=config, seed=0, epoch=1,
+                                                 loader="threads"), verbose=0)
+    assert np.isfinite(fitted.history["loss"][0])
+    with pytest.raises(FerLabError, match="loader must be one of"):
+        datasets.eval_dataset(val, loader="torch")
+
+
 def test_make_splits_needs_train_and_val_rows():
     rows, pixels = toy_rows(20, 0)
     with pytest.raises(FerLabError, match="train and val"):
@@ -120,7 +153,7 @@ def test_trained_model_round_trips_through_mlflow(tmp_path, tracking_uri):
     result = train.train(config, train_split, val_split, LABELS, tmp_path / "ckpt", log=lambda line: None)
     assert result.compiles == 2 and list(result.history["phase_tag"]) == ["head#1", "all#1"]
     assert result.best_epoch in (1, 2)
-    figure = train.plot_history(result.history, config.schedule.plan())
+    figure = plots.training_curves(result.history, config.schedule.plan())
     assert len(figure.axes) == 3
     uri = tracking.log_model(result.model, LABELS)
     run_id = run.info.run_id
@@ -156,6 +189,32 @@ def test_a_checkpoint_made_with_other_settings_is_not_resumed(tmp_path):
                     run_id="a", log=lambda line: None)
     fresh = train.train(config, train_split, val_split, LABELS, tmp_path, run_id="b", log=lambda line: None)
     assert fresh.resumed_after == 0 and fresh.compiles == 1  # another run's checkpoint is replaced
+
+
+def test_a_finished_checkpoint_needs_only_its_best_model(tmp_path):
+    """What `fer-lab train` brings back from a GPU machine: best.keras and state.json, made without a run."""
+    rows, pixels = toy_rows(64, 16)
+    config = tiny_config(phases=[{"name": "all", "epochs": 2}], ema=0.9)
+    train_split, val_split, _ = train.make_splits(rows, pixels, LABELS, config)
+    first = train.train(config, train_split, val_split, LABELS, tmp_path, log=lambda line: None)
+    for name in (train.LAST_MODEL, train.EMA_FILE):
+        (tmp_path / name).unlink()
+    lines: list[str] = []
+    again = train.train(config, train_split, val_split, LABELS, tmp_path, run_id="a", log=lines.append)
+    assert again.compiles == 0 and again.resumed_after == 2 and lines == [f"all 2 epochs finished in {tmp_path}"]
+    batch = pixels[-4:, :, :, None].astype(np.float32)
+    np.testing.assert_allclose(again.model.predict(batch, verbose=0), first.model.predict(batch, verbose=0))
+    state = json.loads((tmp_path / train.STATE_FILE).read_text())
+    assert state["run_id"] == "a"  # adopted by the run that picked it up
+    assert [row["device"] for row in state["history"]] == ["tensorflow cpu"] * 2
+
+    (tmp_path / train.STATE_FILE).write_text(json.dumps({**state, "completed_epochs": 1}))
+    with pytest.raises(FerLabError, match="state says 1 epochs but last.keras is missing"):
+        train.train(config, train_split, val_split, LABELS, tmp_path, run_id="a", log=lambda line: None)
+    (tmp_path / train.STATE_FILE).write_text(json.dumps(state))
+    (tmp_path / train.BEST_MODEL).unlink()
+    with pytest.raises(FerLabError, match="best.keras is missing"):
+        train.train(config, train_split, val_split, LABELS, tmp_path, run_id="a", log=lambda line: None)
 
 
 RESUMABLE_SCRIPT = textwrap.dedent("""
