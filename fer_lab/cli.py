@@ -60,6 +60,17 @@ def _run_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from fer_lab.pipeline import headless, runner
+
+    values = headless.train_parameters(args.params, runner.parse_overrides(args.p), args.data)
+    result = headless.train_headless(values, checkpoint_dir=args.checkpoints)
+    print(f"best epoch {result.best_epoch}: {result.monitor} {result.best_value:.4f}; checkpoint {result.checkpoint_dir}")
+    print(f"next, where the tracking store is, with this folder as {headless.checkpoint_folder(values)}: "
+          f"fer-lab run (the same --data, --params and -p) --only 03 04")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -297,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "reusing the variants that finished there with the same settings; then 05_compare over all")
     _add_executor_options(run)
     run.set_defaults(handler=_run)
+
+    train = commands.add_parser("train", help="03_train's training alone, without Jupyter or MLflow (a GPU machine); "
+                                              "fer-lab run --only 03 04 then logs and evaluates the checkpoint")
+    train.add_argument("--data", help="dataset path (default: the params' data_dir, else the embedded sample)")
+    train.add_argument("--params", action="append", default=[], metavar="FILE.yaml", help="parameter file(s)")
+    train.add_argument("-p", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a parameter (as for fer-lab run); 03_train.run_name is required")
+    train.add_argument("--checkpoints", metavar="DIR",
+                       help="checkpoint folder (default: data/work/<dataset>/checkpoints/<run_name>, where 03 looks)")
+    train.set_defaults(handler=_train)
 
     predict = commands.add_parser("predict", help="find faces in an image, image folder or video and classify them")
     predict.add_argument("path", help="image file, folder of images, or video (.mp4, .avi, .mov, ...)")

@@ -7,15 +7,18 @@ import os
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import yaml
 
 from fer_lab import _native, project, tracking
 from fer_lab.errors import ConfigError, DataError
-from fer_lab.pipeline import kernels, report
+from fer_lab.pipeline import report
 from fer_lab.pipeline.notebook import declared_parameters
 from fer_lab.pipeline.report import NotebookResult, PipelineResult
+
+if TYPE_CHECKING:
+    from fer_lab.pipeline import kernels
 
 INTERRUPTED = "KeyboardInterrupt: interrupted by the user"
 
@@ -164,6 +167,8 @@ def _execute(notebook: Path, output: Path, parameters: Mapping[str, Any], kernel
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from fer_lab.pipeline import kernels
+
     try:
         kernel.ready()
         papermill.execute_notebook(
@@ -194,6 +199,28 @@ class _Echo:
 
     def flush(self) -> None:
         """Nothing is buffered."""
+
+
+def resolve_data(shared: dict[str, Any], data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Settle the shared `data_dir` (`data_dir` over the params', else the embedded sample) and `work_dir`.
+
+    Args:
+        shared: The params' `shared` section, updated in place.
+        data_dir: The dataset given on the command line, if any.
+
+    Returns:
+        The absolute dataset path (the sample is generated first when it is the one named).
+    """
+    from fer_lab.data.synthetic import resolve_dataset
+
+    if data_dir is not None:
+        shared["data_dir"] = str(project.resolve(data_dir))
+    data_path = resolve_dataset(shared.get("data_dir", project.SAMPLE_DIR))
+    if not data_path.exists():
+        raise DataError(f"{data_path}: dataset not found")
+    shared["data_dir"] = str(data_path)
+    shared.setdefault("work_dir", str(project.WORK_DIR / data_path.name.removesuffix(".csv").removesuffix(".gz")))
+    return data_path
 
 
 def run_pipeline(
@@ -227,17 +254,13 @@ def run_pipeline(
     if not notebooks:
         raise ConfigError(f"{notebooks_dir}: no NN_name.ipynb notebooks")
     selected = select_notebooks(notebooks, only) if only else notebooks
+    # Jupyter's kernels (pyzmq, traitlets) load here, not with the module: `fer-lab train` plans
+    # parameters on machines without Jupyter.
+    from fer_lab.pipeline import kernels
+
     params = apply_overrides(load_params_files(params_files), overrides or {})
     shared = params["shared"]
-    if data_dir is not None:
-        shared["data_dir"] = str(project.resolve(data_dir))
-    from fer_lab.data.synthetic import resolve_dataset
-
-    data_path = resolve_dataset(shared.get("data_dir", project.SAMPLE_DIR))
-    if not data_path.exists():
-        raise DataError(f"{data_path}: dataset not found")
-    shared["data_dir"] = str(data_path)
-    shared.setdefault("work_dir", str(project.WORK_DIR / data_path.name.removesuffix(".csv").removesuffix(".gz")))
+    data_path = resolve_data(shared, data_dir)
     uri = tracking.configure(shared.get("tracking_uri", ""))
     shared["tracking_uri"] = uri
     experiment = shared.setdefault("experiment", tracking.DEFAULT_EXPERIMENT)
