@@ -44,6 +44,12 @@ def test_a_run_name_with_a_quote_resumes_and_is_found(store) -> None:
     mlflow.end_run()
     assert again.info.run_id == first.info.run_id
     assert MlflowClient().get_run(first.info.run_id).data.tags["resumed"] == "true"
+    MlflowClient().set_terminated(first.info.run_id, "KILLED")
+    with pytest.raises(ConfigError, match=r"names an unfinished run \(\w+\) that was started with variant=Bob's run, "
+                                          r"not other: resume it with the same parameters, or choose another run_name"):
+        tracking.start_notebook_run("03_train", {"variant": "other"}, tracking_uri=store, experiment="quotes",
+                                    run_name=QUOTED)
+    MlflowClient().set_terminated(first.info.run_id, "FINISHED")
     found = tracking.find_runs("quotes", tags={"variant": QUOTED}, params={"variant": QUOTED}, finished_only=True)
     assert found["run_id"].tolist() == [first.info.run_id]
     with pytest.raises(ConfigError, match="no finished 03_train run"):

@@ -163,6 +163,7 @@ def start_notebook_run(
         mlflow.end_run()
     resumed = _resumable_run(exp_id, notebook, run_name) if run_name else None
     if resumed:
+        _check_unchanged_params(resumed, run_name, params)
         run = mlflow.start_run(run_id=resumed)
         if parent_run_id:
             mlflow.set_tag("mlflow.parentRunId", parent_run_id)
@@ -180,6 +181,18 @@ def _resumable_run(exp_id: str, notebook: str, run_name: str) -> str | None:
         order_by=["attributes.start_time DESC"],
     )
     return next((run.info.run_id for run in runs if run.info.status in UNFINISHED), None)
+
+
+def _check_unchanged_params(run_id: str, run_name: str, params: Mapping[str, Any]) -> None:
+    """A resumed run keeps its parameters: a changed one is an error naming it (MLflow would refuse it later)."""
+    logged = MlflowClient().get_run(run_id).data.params
+    changed = sorted((key, logged[key], value) for key, value in _param_texts(params).items()
+                     if key in logged and logged[key] != value)
+    if changed:
+        key, old, new = changed[0]
+        more = f" and {len(changed) - 1} other parameter(s)" if len(changed) > 1 else ""
+        raise ConfigError(f"run_name {run_name!r} names an unfinished run ({run_id}) that was started with {key}={old}, "
+                          f"not {new}{more}: resume it with the same parameters, or choose another run_name")
 
 
 def active_run_id() -> str:
@@ -252,13 +265,17 @@ def fail_orphaned_runs(exp_id: str) -> list[str]:
 # --- logging: to the active run, or to `run_id` ------------------------------------------------------
 def log_params(params: Mapping[str, Any], run_id: str = "") -> None:
     """Log parameters to the active run, or to `run_id`; values over MLflow's 6000 characters are cut."""
-    texts = {key: str(value) for key, value in params.items()}
-    values = {key: text if len(text) <= 6000 else text[:5997] + "..." for key, text in texts.items()}
+    values = _param_texts(params)
     if run_id:
         for key, value in values.items():
             MlflowClient().log_param(run_id, key, value)
     else:
         mlflow.log_params(values)
+
+
+def _param_texts(params: Mapping[str, Any]) -> dict[str, str]:
+    texts = {key: str(value) for key, value in params.items()}
+    return {key: text if len(text) <= 6000 else text[:5997] + "..." for key, text in texts.items()}
 
 
 def set_tags(tags: Mapping[str, Any], run_id: str = "") -> None:
