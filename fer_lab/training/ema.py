@@ -2,7 +2,8 @@
 
 The average is smoother than the weights of the last step, so it usually validates better; training
 validates, checkpoints and logs the averaged weights while the optimizer keeps updating the raw ones.
-It is kept as backend tensors, where the weights are (on a GPU, it never travels to the host while training).
+It is kept as backend tensors, where the weights are (on a GPU, it never travels to the host while training),
+and updated by one compiled function: op by op, EfficientNetB0's 313 weights cost 87 ms a step on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -33,13 +34,14 @@ class WeightAverage(keras.callbacks.Callback):
         self.steps = 0
         self.tracked = [weight for weight in model.weights if "float" in str(weight.dtype)]
         self.average = [keras.ops.copy(weight.value) for weight in self.tracked]
+        self._update = _compiled(_moving_average)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.steps += 1
         decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
         _ = self.model  # on JAX, reading the model writes the training state back into its variables
-        self.average = [decay * average + (1 - decay) * weight.value
-                        for average, weight in zip(self.average, self.tracked)]
+        self.average = self._update(self.average, [weight.value for weight in self.tracked],
+                                    keras.ops.convert_to_tensor(decay, "float32"))
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
@@ -67,3 +69,21 @@ class WeightAverage(keras.callbacks.Callback):
         if [a.shape for a in average] != [tuple(a.shape) for a in self.average]:
             raise FerLabError(f"{path}: the stored weight average does not fit this model")
         self.average, self.steps = [keras.ops.convert_to_tensor(a) for a in average], steps
+
+
+def _moving_average(averages: list[Any], weights: list[Any], decay: Any) -> list[Any]:
+    return [decay * average + (1 - decay) * weight for average, weight in zip(averages, weights)]
+
+
+def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` compiled by the Keras backend (one call instead of an op per weight), where it can be."""
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function)
+    return function
