@@ -64,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
     from fer_lab.pipeline import headless, runner
 
     values = headless.train_parameters(args.params, runner.parse_overrides(args.p), args.data)
-    result = headless.train_headless(values, checkpoint_dir=args.checkpoints)
+    result = headless.train_headless(values, checkpoint_dir=args.checkpoints, loader=args.loader)
     print(f"best epoch {result.best_epoch}: {result.monitor} {result.best_value:.4f}; checkpoint {result.checkpoint_dir}")
     print(f"next, where the tracking store is, with this folder as {headless.checkpoint_folder(values)}: "
           f"fer-lab run (the same --data, --params and -p) --only 03 04")
@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a parameter (as for fer-lab run); 03_train.run_name is required")
     train.add_argument("--checkpoints", metavar="DIR",
                        help="checkpoint folder (default: data/work/<dataset>/checkpoints/<run_name>, where 03 looks)")
+    train.add_argument("--loader", choices=("auto", "threads", "processes"), default="auto",
+                       help="how training batches are prepared (auto: tf.data on TensorFlow, threads on other "
+                            "backends; processes: forked workers, past the GIL); the same batches either way")
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser("predict", help="find faces in an image, image folder or video and classify them")

@@ -56,13 +56,14 @@ def checkpoint_folder(values: Mapping[str, Any]) -> Path:
 
 
 def train_headless(values: Mapping[str, Any], *, checkpoint_dir: str | os.PathLike[str] | None = None,
-                   log: Callable[[str], None] = print) -> Any:
+                   loader: str = "auto", log: Callable[[str], None] = print) -> Any:
     """Train 03_train's model for `values` (see `train_parameters`) into its checkpoint folder.
 
     Args:
         values: 03_train's parameters.
         checkpoint_dir: Where to write the checkpoint (default: the run's folder, `checkpoint_folder`);
             03 reads it from the run's folder, so one written elsewhere is copied there first.
+        loader: How training batches are prepared (`fer_lab.training.datasets.LOADERS`).
         log: Called with one line per phase and epoch.
 
     Returns:
@@ -88,4 +89,4 @@ def train_headless(values: Mapping[str, Any], *, checkpoint_dir: str | os.PathLi
     train_split, val_split, _ = train.make_splits(rows, pixels, classes, config)
     log(f"{manifest_name}: {len(train_split)} train and {len(val_split)} val images, classes {classes}; "
         f"checkpoint {target}")
-    return train.train(config, train_split, val_split, classes, target, log=log)
+    return train.train(config, train_split, val_split, classes, target, log=log, loader=loader)

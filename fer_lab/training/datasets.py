@@ -7,7 +7,8 @@ rarely waits for its input. Batch `i` of epoch `e` is augmented with a seed deri
 (seed, e, i): the same run sees the same images, also when it is resumed after a crash.
 
 On another Keras backend (JAX on a GPU machine, where TensorFlow is often not installed) the same
-batches come from a `keras.utils.PyDataset` on worker threads instead of tf.data.
+batches come from a `keras.utils.PyDataset` instead of tf.data, prepared on worker threads, or on forked
+worker processes (`loader="processes"`), which albumentations' Python work cannot hold up with the GIL.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from fer_lab.errors import FerLabError
 from fer_lab.training import augment
 
 CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
-LOADERS = ("auto", "tf.data", "threads")  # auto: tf.data on the TensorFlow backend, threads on the others
+LOADERS = ("auto", "tf.data", "threads", "processes")  # auto: tf.data on the TensorFlow backend, threads on others
 
 
 @dataclass
@@ -184,7 +185,7 @@ def training_dataset(split: Split, *, batch_size: int, augmentation: augment.Aug
                      epoch: int, mixup: float = 0.0, cutmix: float = 0.0, loader: str = "auto") -> Any:
     """One epoch of shuffled, augmented (and optionally mixed) batches: (float32 images (B, H, W, 1), targets[, weights]).
 
-    `loader` picks tf.data or a thread-pool `PyDataset` (see `LOADERS`); both give the same batches.
+    `loader` picks tf.data or a `PyDataset` on threads or processes (see `LOADERS`); all give the same batches.
     """
     size = len(split)
     batch_size = min(batch_size, size)
@@ -208,7 +209,7 @@ def training_dataset(split: Split, *, batch_size: int, augmentation: augment.Aug
         return batch if weights is None else (*batch, weights)
 
     if not _uses_tf_data(loader):
-        return _Batches(load, steps, workers=min(8, os.cpu_count() or 1))
+        return _Batches(load, steps, workers=min(8, os.cpu_count() or 1), processes=loader == "processes")
     import tensorflow as tf
 
     height, width = split.pixels.shape[1:]
@@ -251,10 +252,11 @@ def _uses_tf_data(loader: str) -> bool:
 
 
 class _Batches(keras.utils.PyDataset):
-    """Batches `load(0..steps-1)`, prepared ahead on `workers` threads (albumentations and NumPy release the GIL)."""
+    """Batches `load(0..steps-1)`, prepared ahead on `workers` threads or forked processes."""
 
-    def __init__(self, load: Callable[[int], tuple[np.ndarray, ...]], steps: int, workers: int = 1) -> None:
-        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4 * workers)
+    def __init__(self, load: Callable[[int], tuple[np.ndarray, ...]], steps: int, workers: int = 1,
+                 processes: bool = False) -> None:
+        super().__init__(workers=workers, use_multiprocessing=processes, max_queue_size=4 * workers)
         self._load, self._steps = load, steps
 
     def __len__(self) -> int:

@@ -161,6 +161,7 @@ def train(
     run_id: str = "",
     log: Callable[[str], None] = print,
     on_epoch: Callable[[int, dict[str, Any]], bool] | None = None,
+    loader: str = "auto",
 ) -> TrainResult:
     """Run (or resume) the schedule; return the best model over all phases.
 
@@ -168,7 +169,8 @@ def train(
     to the active run when there is one. A checkpoint of another run is discarded (this is a new run);
     a checkpoint of the same run made with other settings is an error; one made without a run (`fer-lab
     train`, on a machine without MLflow) becomes this run's. `on_epoch(epoch, row)` is called after each
-    epoch with its metrics; returning True ends training there (a pruned sweep trial).
+    epoch with its metrics; returning True ends training there (a pruned sweep trial). `loader` is how
+    training batches are prepared (`datasets.LOADERS`): the same batches, at another speed.
     """
     from fer_lab import tracking
 
@@ -236,7 +238,8 @@ def train(
         if active:
             tracking.set_tags({"phase": planned.tag})
         for epoch in range(max(planned.first_epoch, completed + 1), planned.last_epoch + 1):
-            row = {**_run_epoch(model, config, planned, epoch, train_split, val_data, steps, average), "device": device}
+            row = {**_run_epoch(model, config, planned, epoch, train_split, val_data, steps, average, loader),
+                   "device": device}
             state["history"].append(row)
             value = row[config.monitor]
             if state["best_epoch"] == 0 or best_sign * (value - state["best_value"]) > 0:
@@ -272,9 +275,10 @@ def train(
 
 def _run_epoch(model: keras.Model, config: TrainConfig, planned: schedule.PlannedPhase, epoch: int,
                train_split: datasets.Split, val_data: Any, steps: int,
-               average: ema.WeightAverage | None) -> dict[str, Any]:
+               average: ema.WeightAverage | None, loader: str) -> dict[str, Any]:
     dataset = datasets.training_dataset(train_split, batch_size=config.batch_size, augmentation=config.augment,
-                                      seed=config.seed, epoch=epoch, mixup=config.mixup, cutmix=config.cutmix)
+                                      seed=config.seed, epoch=epoch, mixup=config.mixup, cutmix=config.cutmix,
+                                      loader=loader)
     learning_rate = schedule.current_learning_rate(model)
     started, cpu_started = time.perf_counter(), time.process_time()
     fitted = model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[average] if average else None)
