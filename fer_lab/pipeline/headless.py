@@ -75,8 +75,8 @@ def train_headless(values: Mapping[str, Any], *, checkpoint_dir: str | os.PathLi
     if values["distill"]:
         raise ConfigError("fer-lab train cannot distil: the teachers are read from the tracking store "
                           "(run 03 with fer-lab run)")
-    target = Path(checkpoint_dir) if checkpoint_dir else checkpoint_folder(values)
-    checkpoint_folder(values)  # a run name is needed either way
+    folder = checkpoint_folder(values)  # a run name is needed wherever it goes: 03 finds the checkpoint by it
+    target = Path(checkpoint_dir) if checkpoint_dir else folder
     config = train.TrainConfig.from_params(augment_params=values["augment"],
                                            **{name: values[name] for name in CONFIG_PARAMETERS})
     data_path, work_path = project.resolve(values["data_dir"]), project.resolve(values["work_dir"])
