@@ -13,6 +13,7 @@ is written back to stderr.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -60,8 +61,16 @@ def quiet_stderr() -> Iterator[None]:
 
 
 def keras_backend() -> str:
-    """The backend Keras loads (`KERAS_BACKEND`, else tensorflow), read without importing Keras."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
+    """The backend Keras loads, read as Keras reads it but without importing it: `KERAS_BACKEND`, else the
+    `backend` of `$KERAS_HOME/keras.json` (default ~/.keras), else tensorflow."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as file:
+            return str(json.load(file).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
 
 
 def accelerator() -> str:

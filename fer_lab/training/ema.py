@@ -72,7 +72,9 @@ class WeightAverage(keras.callbacks.Callback):
 
 
 def _moving_average(averages: list[Any], weights: list[Any], decay: Any) -> list[Any]:
-    return [decay * average + (1 - decay) * weight for average, weight in zip(averages, weights)]
+    return [keras.ops.cast(decay, average.dtype) * average
+            + keras.ops.cast(1 - decay, average.dtype) * keras.ops.stop_gradient(weight)
+            for average, weight in zip(averages, weights)]
 
 
 def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:

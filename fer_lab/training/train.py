@@ -208,6 +208,8 @@ def train(
     if config.ema and model is not None:
         average = ema.WeightAverage(model, config.ema)
         if completed:
+            if not (checkpoint_dir / EMA_FILE).is_file():
+                raise FerLabError(f"{checkpoint_dir}: state says {completed} epochs but {EMA_FILE} is missing")
             average.load(checkpoint_dir / EMA_FILE)
     (checkpoint_dir / LABELS_FILE).write_text(json.dumps({"labels": labels}))  # best.keras is then a model reference
     device = f"{keras.config.backend()} {_native.accelerator() or 'cpu'}"
@@ -279,6 +281,10 @@ def _run_epoch(model: keras.Model, config: TrainConfig, planned: schedule.Planne
     dataset = datasets.training_dataset(train_split, batch_size=config.batch_size, augmentation=config.augment,
                                       seed=config.seed, epoch=epoch, mixup=config.mixup, cutmix=config.cutmix,
                                       loader=loader)
+    if isinstance(dataset, keras.utils.PyDataset):
+        # Keras' JAX trainer builds a freshly compiled model's metrics from the first batch of fit's own input
+        # and then restarts it: batches that workers had prepared came twice and others never (measured).
+        model.evaluate(val_data, steps=1, verbose=0)
     learning_rate = schedule.current_learning_rate(model)
     started, cpu_started = time.perf_counter(), time.process_time()
     fitted = model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[average] if average else None)
