@@ -11,11 +11,12 @@ where the epochs ran), fits the decision offsets, logs the model, and 04 evaluat
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from fer_lab import project
+from fer_lab import project, tracking
 from fer_lab.errors import ConfigError
 from fer_lab.pipeline import runner
 from fer_lab.pipeline.notebook import declared_parameters
@@ -75,6 +76,9 @@ def train_headless(values: Mapping[str, Any], *, checkpoint_dir: str | os.PathLi
     if values["distill"]:
         raise ConfigError("fer-lab train cannot distil: the teachers are read from the tracking store "
                           "(run 03 with fer-lab run)")
+    if tracking.is_reference(values["weights"]) and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError(f"03_train.weights {values['weights']!r} names a trained model, which is read through "
+                          "MLflow, and MLflow is not installed here: install it, or pass the weights as an .h5 file")
     folder = checkpoint_folder(values)  # a run name is needed wherever it goes: 03 finds the checkpoint by it
     target = Path(checkpoint_dir) if checkpoint_dir else folder
     config = train.TrainConfig.from_params(augment_params=values["augment"],

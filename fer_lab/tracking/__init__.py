@@ -26,7 +26,7 @@ _EXPORTS = {
     "log_artifacts": "store", "log_figure": "store", "log_metrics": "store", "log_params": "store",
     "log_table": "store", "log_to_run": "store", "notebook_run": "store", "quoted": "store",
     "search_filter": "store", "set_tags": "store", "start_notebook_run": "store", "tag_dataset": "store",
-    "log_dataset": "store", "ModelRef": "registry", "is_reference": "registry", "log_lineage": "registry",
+    "log_dataset": "store", "ModelRef": "registry", "is_reference": "references", "log_lineage": "registry",
     "run_tags": "lookup", "STOP_TAG": "store",
     "load_reference": "registry:load", "register_model": "registry:register", "resolve_model": "registry:resolve",
 }

@@ -22,11 +22,11 @@ from mlflow.tracking import MlflowClient
 from fer_lab._shared import one_line
 from fer_lab.errors import ConfigError
 from fer_lab.tracking.models import load_model
+from fer_lab.tracking.references import RUN_ID
 from fer_lab.tracking.store import MODEL_ARTIFACT
 
 REFERENCE_FORMS = "a run id, runs:/ID/model, models:/NAME@ALIAS, models:/NAME/VERSION or a .keras file"
 LABELS_FILE = "labels.json"  # what training writes beside its .keras checkpoints
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _RUNS_URI = re.compile(r"^runs:/([0-9a-f]{32})/(.+?)/?$")
 _ALIAS_URI = re.compile(r"^models:/([^/@]+)@([^/@]+)$")
 _VERSION_URI = re.compile(r"^models:/([^/@]+)/(\d+)$")
@@ -57,13 +57,6 @@ class ModelRef:
         return {key: value for key, value in values.items() if value}
 
 
-def is_reference(text: str) -> bool:
-    """Whether `text` has the form of a model reference (not whether the model exists)."""
-    text = str(text).strip()
-    return bool(_RUN_ID.match(text) or text.startswith(("runs:/", "models:/")) or text.endswith(".keras")
-                or (Path(text).is_dir() and (Path(text) / "MLmodel").is_file()))
-
-
 def resolve(reference: str) -> ModelRef:
     """Check a model reference against the active tracking store and the file system.
 
@@ -79,10 +72,10 @@ def resolve(reference: str) -> ModelRef:
     text = str(reference).strip()
     if not text:
         raise ConfigError(f"no model given: pass {REFERENCE_FORMS}")
-    if not (_RUN_ID.match(text) or text.startswith(("runs:/", "models:/"))):
+    if not (RUN_ID.match(text) or text.startswith(("runs:/", "models:/"))):
         return _file_reference(text)
     client = MlflowClient()  # only now: a client opens (and may create) the store
-    if _RUN_ID.match(text):
+    if RUN_ID.match(text):
         _check_run(client, text)
         return ModelRef(text, f"runs:/{text}/{MODEL_ARTIFACT}", run_id=text)
     if match := _RUNS_URI.match(text):

@@ -59,9 +59,15 @@ def test_a_headless_training_is_logged_and_evaluated_by_the_pipeline(sample_dir,
     assert "test_accuracy" in client.get_run(result.notebooks[1].run_id).data.metrics
 
 
-def test_headless_training_needs_a_run_name(sample_dir):
+def test_headless_training_needs_a_run_name_and_mlflow_for_model_references(sample_dir):
     failed = _fer_lab_train("--data", str(sample_dir))
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines() == [
         "error: fer-lab train needs 03_train.run_name: 03 finds the finished checkpoint by it "
         "(e.g. -p 03_train.run_name=fer2013-gpu)"]
+    run_id = "0123456789abcdef0123456789abcdef"
+    failed = _fer_lab_train("--data", str(sample_dir), "-p", "03_train.run_name=x", "-p", f"03_train.weights={run_id}")
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [
+        f"error: 03_train.weights '{run_id}' names a trained model, which is read through MLflow, and MLflow is not "
+        "installed here: install it, or pass the weights as an .h5 file"]
