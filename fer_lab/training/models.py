@@ -71,7 +71,7 @@ class CnnConfig:
     """The plain CNN baseline: VGG-style stages of 3x3 conv + BatchNorm + ReLU, then max-pooling."""
 
     widths: tuple[int, ...] = (32, 64, 128, 256)
-    convs_per_block: int = 2
+    convs_per_block: int | tuple[int, ...] = 2  # one count for every block, or one per block
     block_dropout: float = 0.0
     # Keras' 0.99 needs a few hundred steps to settle; a tiny dataset with ten steps an epoch needs ~0.9.
     batchnorm_momentum: float = 0.99
@@ -85,7 +85,19 @@ class CnnConfig:
             raise FerLabError(f"cnn: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
         if "widths" in values:
             values["widths"] = tuple(int(width) for width in values["widths"])
-        return cls(**values)
+        if isinstance(values.get("convs_per_block"), (list, tuple)):
+            values["convs_per_block"] = tuple(int(count) for count in values["convs_per_block"])
+        config = cls(**values)
+        if len(config.convs()) != len(config.widths) or min(config.convs()) < 1:
+            raise FerLabError(f"cnn: convs_per_block {list(config.convs())} must give a positive count "
+                              f"for each of the widths {list(config.widths)}")
+        return config
+
+    def convs(self) -> tuple[int, ...]:
+        """The number of convolutions in each block."""
+        if isinstance(self.convs_per_block, tuple):
+            return self.convs_per_block
+        return (int(self.convs_per_block),) * len(self.widths)
 
 
 @dataclass(frozen=True)
@@ -241,8 +253,8 @@ def _efficientnet(backbone: str, image_size: int, weights: str | None, config: E
 def _plain_cnn(image_size: int, config: CnnConfig) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 1), name="cnn_input")
     x = layers.Rescaling(1.0 / 255.0, name="stem_rescale")(inputs)
-    for block, width in enumerate(config.widths, start=1):
-        for conv in range(1, config.convs_per_block + 1):
+    for block, (width, convs) in enumerate(zip(config.widths, config.convs()), start=1):
+        for conv in range(1, convs + 1):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}")(x)
             x = layers.BatchNormalization(momentum=config.batchnorm_momentum, name=f"block{block}_bn{conv}")(x)
             x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
@@ -418,3 +430,4 @@ def describe(config: ModelConfig) -> str:
     return f"{base}, weights={weights}, head={config.head.pooling}" + (
         f"+dense{list(config.head.dense)}" if config.head.dense else ""
     )
+

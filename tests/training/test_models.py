@@ -27,6 +27,17 @@ def test_cnn_takes_48px_gray_pixels_and_returns_probabilities():
     assert {layer.name for layer in models.head_layers(model)} >= {"head_pool", "head_dense1", "predictions"}
 
 
+def test_cnn_takes_a_convolution_count_per_block():
+    cnn = models.CnnConfig.from_dict({"widths": [8, 16, 16], "convs_per_block": [1, 2, 1]})
+    model = models.build_model(models.ModelConfig(backbone="cnn", cnn=cnn), num_classes=7)
+    convs = [layer.name for layer in models.backbone_of(model).layers if "_conv" in layer.name]
+    assert convs == ["block1_conv1", "block2_conv1", "block2_conv2", "block3_conv1"]
+    assert models.CnnConfig.from_dict({"widths": [8, 16], "convs_per_block": 3}).convs() == (3, 3)
+    for counts in ([1, 2], [1, 0, 2]):
+        with pytest.raises(FerLabError, match="positive count for each of the widths"):
+            models.CnnConfig.from_dict({"widths": [8, 16, 16], "convs_per_block": counts})
+
+
 def test_efficientnet_resizes_and_repeats_gray_inside_the_model():
     config = models.model_config_from_params("EfficientNetB0", 64, "none", {"pooling": "max", "dropout": 0.1})
     model = models.build_model(config, num_classes=3)
