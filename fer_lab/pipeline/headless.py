@@ -70,8 +70,7 @@ def train_headless(values: Mapping[str, Any], *, checkpoint_dir: str | os.PathLi
     Returns:
         The `fer_lab.training.train.TrainResult`.
     """
-    from fer_lab import data
-    from fer_lab.training import datasets, train
+    from fer_lab.training import splits, train
 
     if values["distill"]:
         raise ConfigError("fer-lab train cannot distil: the teachers are read from the tracking store "
@@ -83,14 +82,10 @@ def train_headless(values: Mapping[str, Any], *, checkpoint_dir: str | os.PathLi
     target = Path(checkpoint_dir) if checkpoint_dir else folder
     config = train.TrainConfig.from_params(augment_params=values["augment"],
                                            **{name: values[name] for name in CONFIG_PARAMETERS})
-    data_path, work_path = project.resolve(values["data_dir"]), project.resolve(values["work_dir"])
-    manifest, manifest_name = train.training_manifest(data_path, work_path, use_filtered=values["use_filtered"],
-                                                      seed=values["seed"], labels=values["labels"])
-    rows = datasets.per_class_subset(manifest[manifest["split"].isin(["train", "val"])], values["per_class"],
-                                     values["seed"])
-    pixels = data.load_pixels(data_path, rows, cache_dir=work_path / "cache")
-    classes = data.class_names(manifest)
-    train_split, val_split, _ = train.make_splits(rows, pixels, classes, config)
-    log(f"{manifest_name}: {len(train_split)} train and {len(val_split)} val images, classes {classes}; "
-        f"checkpoint {target}")
-    return train.train(config, train_split, val_split, classes, target, log=log, loader=loader)
+    prepared = splits.prepare(project.resolve(values["data_dir"]), project.resolve(values["work_dir"]), config,
+                              use_filtered=values["use_filtered"], labels=values["labels"],
+                              per_class=values["per_class"], seed=values["seed"])
+    log(f"{prepared.manifest_name}: {len(prepared.train_split)} train and {len(prepared.val_split)} val images, "
+        f"classes {prepared.classes}; checkpoint {target}")
+    return train.train(config, prepared.train_split, prepared.val_split, prepared.classes, target, log=log,
+                       loader=loader)

@@ -208,7 +208,7 @@ def training_dataset(split: Split, *, batch_size: int, augmentation: augment.Aug
         batch = (images[..., None], targets)
         return batch if weights is None else (*batch, weights)
 
-    if not _uses_tf_data(loader):
+    if not uses_tf_data(loader):
         return _Batches(load, steps, workers=min(8, os.cpu_count() or 1), processes=loader == "processes")
     import tensorflow as tf
 
@@ -230,7 +230,7 @@ def training_dataset(split: Split, *, batch_size: int, augmentation: augment.Aug
 
 def eval_dataset(split: Split, batch_size: int = 256, loader: str = "auto") -> Any:
     """Un-augmented batches in order, for validation."""
-    if not _uses_tf_data(loader):
+    if not uses_tf_data(loader):
         def load(index: int) -> tuple[np.ndarray, np.ndarray]:
             rows = slice(index * batch_size, (index + 1) * batch_size)
             return split.pixels[rows, ..., None].astype(np.float32), split.targets[rows]
@@ -245,7 +245,8 @@ def eval_dataset(split: Split, batch_size: int = 256, loader: str = "auto") -> A
             .prefetch(tf.data.AUTOTUNE))
 
 
-def _uses_tf_data(loader: str) -> bool:
+def uses_tf_data(loader: str) -> bool:
+    """Whether `loader` (one of `LOADERS`) prepares batches with tf.data rather than a `PyDataset`."""
     if loader not in LOADERS:
         raise FerLabError(f"loader must be one of {', '.join(LOADERS)}, not {loader!r}")
     return loader == "tf.data" or (loader == "auto" and keras.config.backend() == "tensorflow")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import keras
-import numpy as np
 import pandas as pd
 
 from fer_lab import _native
@@ -33,7 +32,6 @@ LAST_MODEL = "last.keras"
 BEST_MODEL = "best.keras"
 EMA_FILE = "ema.npz"
 LABELS_FILE = "labels.json"  # the class labels beside the checkpoints, as `tracking.load_reference` reads them
-FILTERED_MANIFEST = "filtered_manifest.csv"
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
                  "images_per_s", "val_time_s", "epoch_cpu_s", "phase", "cycle")
@@ -234,6 +232,11 @@ def train(
             compiles += 1
         else:  # resumed inside this phase: the checkpoint carries its trainable flags and optimizer
             trainable = {"spec": planned.phase.trainable, **models.count_params(model)}
+        if not datasets.uses_tf_data(loader):
+            # Keras' JAX trainer builds a freshly compiled or loaded model's metrics from the first batch of
+            # fit's own input and then restarts it: batches that workers had prepared came twice and others
+            # never (measured). Built on a validation batch first, they are built once before fit.
+            model.evaluate(val_data, steps=1, verbose=0)
         log(f"phase {planned.tag} ({planned.phase.trainable}, {planned.phase.optimizer} lr {planned.phase.lr:g} "
             f"{planned.phase.lr_schedule}): epochs {planned.first_epoch}-{planned.last_epoch}, "
             f"{trainable['trainable']:,} trainable / {trainable['non_trainable']:,} frozen parameters")
@@ -281,10 +284,6 @@ def _run_epoch(model: keras.Model, config: TrainConfig, planned: schedule.Planne
     dataset = datasets.training_dataset(train_split, batch_size=config.batch_size, augmentation=config.augment,
                                       seed=config.seed, epoch=epoch, mixup=config.mixup, cutmix=config.cutmix,
                                       loader=loader)
-    if isinstance(dataset, keras.utils.PyDataset):
-        # Keras' JAX trainer builds a freshly compiled model's metrics from the first batch of fit's own input
-        # and then restarts it: batches that workers had prepared came twice and others never (measured).
-        model.evaluate(val_data, steps=1, verbose=0)
     learning_rate = schedule.current_learning_rate(model)
     started, cpu_started = time.perf_counter(), time.process_time()
     fitted = model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[average] if average else None)
@@ -382,65 +381,3 @@ def _relog_missing_epochs(run_id: str, history: list[dict[str, Any]]) -> None:
     for row in history:
         if int(row["epoch"]) not in logged:
             _log_epoch(row)
-
-
-def make_splits(rows: pd.DataFrame, pixels: np.ndarray, labels: Sequence[str], config: TrainConfig, *,
-                cache_dir: str | os.PathLike[str] | None = None) -> tuple[datasets.Split, datasets.Split, np.ndarray]:
-    """Train and val `Split`s from rows (column `split`) and pixels, and the class weights; `cache_dir`: see distillation."""
-    if len(rows) != len(pixels):
-        raise FerLabError(f"{len(rows)} manifest rows but {len(pixels)} images")
-    is_train = (rows["split"] == "train").to_numpy()
-    is_val = (rows["split"] == "val").to_numpy()
-    if not is_train.any() or not is_val.any():
-        raise FerLabError(f"training needs train and val images; the manifest has {int(is_train.sum())} train "
-                          f"and {int(is_val.sum())} val rows")
-    train_rows = rows[is_train]
-    weights = datasets.class_weights(datasets.label_indices(train_rows["label"].tolist(), labels), len(labels),
-                                   config.class_weights)
-    per_class = None if config.class_weights == "none" else weights
-    train_split = datasets.make_split(train_rows, pixels[is_train], labels, soft_labels=config.soft_labels,
-                                    weights=per_class)
-    if config.distill:
-        train_split = distillation.with_teachers(train_split, config.teacher, config.distill, labels,
-                                                  cache_dir=cache_dir)
-    val_split = datasets.make_split(rows[is_val], pixels[is_val], labels)
-    return train_split, val_split, weights
-
-
-def training_manifest(data_path: str | os.PathLike[str], work_path: str | os.PathLike[str], *,
-                      use_filtered: bool = True, seed: int = 0, labels: str = "fer2013") -> tuple[pd.DataFrame, str]:
-    """The readable rows to train on and the manifest's name.
-
-    With `use_filtered` and a `filtered_manifest.csv` from 02_filter_faces in `work_path`, training images
-    that the filter rejected (`keep` false) are left out; otherwise the full manifest is used. `labels`
-    is `fer2013` (the dataset's labels) or `ferplus` (FER+ majority labels, `votes.with_label_source`).
-    """
-    from fer_lab import data
-    from fer_lab.data import votes
-
-    manifest = data.load_or_build_manifest(data_path, work_path, seed=seed)
-    readable = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
-    filtered_file = Path(work_path) / FILTERED_MANIFEST
-    if not (use_filtered and filtered_file.is_file()):
-        return votes.with_label_source(readable, labels), "manifest.csv"
-    filtered = data.read_manifest(filtered_file)
-    # Against every row, unreadable ones included: the filter keeps those rows too, marked unreadable.
-    strangers = set(filtered["path"]) - set(manifest["path"])
-    if strangers:
-        raise ConfigError(f"{filtered_file} lists {len(strangers)} images that are not in {data_path} "
-                          f"(e.g. {sorted(strangers)[0]}); re-run 02_filter_faces for this dataset")
-    filtered = filtered[filtered["readable"].astype(bool)]
-    if "keep" in filtered:
-        # Only training images are filtered: validation stays the same set in both arms of the experiment.
-        keep = filtered["keep"].astype(str).str.lower().isin(("true", "1"))
-        filtered = filtered[keep | (filtered["split"] != "train")]
-    return votes.with_label_source(filtered.reset_index(drop=True), labels), FILTERED_MANIFEST
-
-
-def class_table(rows: pd.DataFrame, labels: Sequence[str], weights: np.ndarray) -> pd.DataFrame:
-    """Images per class in train and val, with the loss weight each class gets."""
-    counts = pd.crosstab(rows["label"], rows["split"]).reindex(index=list(labels), fill_value=0)
-    table = pd.DataFrame({split: counts[split] if split in counts else 0 for split in ("train", "val")})
-    table["train_share"] = (table["train"] / max(1, table["train"].sum())).round(4)
-    table["loss_weight"] = np.round(weights, 3)
-    return table

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from fer_lab import plots, project, tracking
 from fer_lab.errors import ConfigError, FerLabError
-from fer_lab.training import augment, datasets, train
+from fer_lab.training import augment, datasets, splits, train
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -131,7 +131,7 @@ def test_the_thread_loader_gives_the_batches_tf_data_gives():
 def test_make_splits_needs_train_and_val_rows():
     rows, pixels = toy_rows(20, 0)
     with pytest.raises(FerLabError, match="train and val"):
-        train.make_splits(rows, pixels, LABELS, tiny_config())
+        splits.make_splits(rows, pixels, LABELS, tiny_config())
 
 
 # --- training and tracking -------------------------------------------------------------------
@@ -149,7 +149,7 @@ def tracking_uri(tmp_path, monkeypatch):
 def test_trained_model_round_trips_through_mlflow(tmp_path, tracking_uri):
     rows, pixels = toy_rows(96, 32)
     config = tiny_config(class_weights="balanced")
-    train_split, val_split, _ = train.make_splits(rows, pixels, LABELS, config)
+    train_split, val_split, _ = splits.make_splits(rows, pixels, LABELS, config)
     run = tracking.start_notebook_run("03_train", {"schedule": config.schedule.describe()},
                                       tracking_uri=tracking_uri, experiment="train-tests")
     result = train.train(config, train_split, val_split, LABELS, tmp_path / "ckpt", log=lambda line: None)
@@ -182,7 +182,7 @@ def test_trained_model_round_trips_through_mlflow(tmp_path, tracking_uri):
 def test_a_checkpoint_made_with_other_settings_is_not_resumed(tmp_path):
     rows, pixels = toy_rows(64, 16)
     config = tiny_config(phases=[{"name": "all", "epochs": 1}])
-    train_split, val_split, _ = train.make_splits(rows, pixels, LABELS, config)
+    train_split, val_split, _ = splits.make_splits(rows, pixels, LABELS, config)
     train.train(config, train_split, val_split, LABELS, tmp_path, run_id="a", log=lambda line: None)
     again = train.train(config, train_split, val_split, LABELS, tmp_path, run_id="a", log=lambda line: None)
     assert again.resumed_after == 1 and again.compiles == 0  # finished: nothing is trained again
@@ -197,7 +197,7 @@ def test_a_finished_checkpoint_needs_only_its_best_model(tmp_path):
     """What `fer-lab train` brings back from a GPU machine: best.keras and state.json, made without a run."""
     rows, pixels = toy_rows(64, 16)
     config = tiny_config(phases=[{"name": "all", "epochs": 2}], ema=0.9)
-    train_split, val_split, _ = train.make_splits(rows, pixels, LABELS, config)
+    train_split, val_split, _ = splits.make_splits(rows, pixels, LABELS, config)
     first = train.train(config, train_split, val_split, LABELS, tmp_path, log=lambda line: None)
     for name in (train.LAST_MODEL, train.EMA_FILE):
         (tmp_path / name).unlink()
@@ -223,7 +223,7 @@ RESUMABLE_SCRIPT = textwrap.dedent("""
     import sys
     import mlflow
     from fer_lab import tracking
-    from fer_lab.training import train
+    from fer_lab.training import splits, train
     from tests.training.test_train import LABELS, tiny_config, toy_rows
 
     tracking_uri, checkpoint_dir = sys.argv[1], sys.argv[2]
@@ -231,7 +231,7 @@ RESUMABLE_SCRIPT = textwrap.dedent("""
     config = tiny_config(cnn={"widths": [16, 32]}, phases=[
         {"name": "head", "epochs": 2, "trainable": "head", "lr": 0.01},
         {"name": "all", "epochs": 4, "trainable": "all", "lr": 0.01, "lr_schedule": "onecycle"}])
-    train_split, val_split, _ = train.make_splits(rows, pixels, LABELS, config)
+    train_split, val_split, _ = splits.make_splits(rows, pixels, LABELS, config)
     run = tracking.start_notebook_run("03_train", {"schedule": config.schedule.describe()}, tracking_uri=tracking_uri,
                                       experiment="resume-test", run_name="resumable")
     print("RUN", run.info.run_id, flush=True)
@@ -288,24 +288,24 @@ def test_sigkilled_training_resumes_in_the_same_run_without_redoing_epochs(tmp_p
 def test_filtered_manifest_drops_rejected_training_images_only(sample_dir, tmp_path):
     from fer_lab import data
 
-    full, name = train.training_manifest(sample_dir, tmp_path, use_filtered=True)
+    full, name = splits.training_manifest(sample_dir, tmp_path, use_filtered=True)
     assert name == "manifest.csv"
     filtered = full.copy()
     rejected = filtered.index[filtered["split"].isin(["train", "val"])][:: 7]
     filtered["keep"] = True
     filtered.loc[rejected, "keep"] = False
-    data.write_manifest(filtered, tmp_path / train.FILTERED_MANIFEST)
+    data.write_manifest(filtered, tmp_path / splits.FILTERED_MANIFEST)
 
-    used, name = train.training_manifest(sample_dir, tmp_path, use_filtered=True)
+    used, name = splits.training_manifest(sample_dir, tmp_path, use_filtered=True)
     rejected_train = filtered.loc[rejected, "split"].eq("train").sum()
-    assert name == train.FILTERED_MANIFEST and len(used) == len(full) - rejected_train
+    assert name == splits.FILTERED_MANIFEST and len(used) == len(full) - rejected_train
     assert (used["split"] == "val").sum() == (full["split"] == "val").sum()
-    assert len(train.training_manifest(sample_dir, tmp_path, use_filtered=False)[0]) == len(full)
+    assert len(splits.training_manifest(sample_dir, tmp_path, use_filtered=False)[0]) == len(full)
 
     filtered.loc[0, "path"] = "elsewhere/img.png"
-    data.write_manifest(filtered, tmp_path / train.FILTERED_MANIFEST)
+    data.write_manifest(filtered, tmp_path / splits.FILTERED_MANIFEST)
     with pytest.raises(FerLabError, match="02_filter_faces"):
-        train.training_manifest(sample_dir, tmp_path, use_filtered=True)
+        splits.training_manifest(sample_dir, tmp_path, use_filtered=True)
 
 
 def test_unreadable_images_listed_by_the_filter_do_not_block_training(sample_dir, tmp_path):
@@ -320,9 +320,9 @@ def test_unreadable_images_listed_by_the_filter_do_not_block_training(sample_dir
     broken.write_bytes(b"not an image")
     manifest = data.load_or_build_manifest(dataset, tmp_path / "work")
     assert not manifest.loc[manifest["path"].str.endswith("broken.png"), "readable"].any()
-    data.write_manifest(manifest.assign(keep=manifest["readable"]), tmp_path / "work" / train.FILTERED_MANIFEST)
-    used, name = train.training_manifest(dataset, tmp_path / "work", use_filtered=True)
-    assert name == train.FILTERED_MANIFEST
+    data.write_manifest(manifest.assign(keep=manifest["readable"]), tmp_path / "work" / splits.FILTERED_MANIFEST)
+    used, name = splits.training_manifest(dataset, tmp_path / "work", use_filtered=True)
+    assert name == splits.FILTERED_MANIFEST
     assert len(used) == int(manifest["readable"].sum()) and not used["path"].str.endswith("broken.png").any()
 
 

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from fer_lab import data, tracking
 from fer_lab.errors import ConfigError
-from fer_lab.training import datasets, models, schedule, train
+from fer_lab.training import datasets, models, schedule, splits, train
 
 PHASES = [{"name": "head", "epochs": 1, "trainable": "head", "lr": 0.003},
           {"name": "top", "epochs": 1, "trainable": "top:1", "lr": 0.001},
@@ -83,7 +83,7 @@ def test_transfer_training_on_the_sample_records_its_parent(base_model_store, sa
     rows = datasets.per_class_subset(manifest[manifest["readable"] & manifest["split"].isin(["train", "val"])],
                                      per_class=8, seed=0)
     pixels = data.load_pixels(sample_dir, rows)
-    train_split, val_split, _ = train.make_splits(rows, pixels, data.CLASSES, config)
+    train_split, val_split, _ = splits.make_splits(rows, pixels, data.CLASSES, config)
     lines: list[str] = []
     with tracking.start_notebook_run("03_train", {"weights": config.model.weights}, tracking_uri=uri,
                                      experiment="transfer") as run:
