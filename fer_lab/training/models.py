@@ -430,4 +430,3 @@ def describe(config: ModelConfig) -> str:
     return f"{base}, weights={weights}, head={config.head.pooling}" + (
         f"+dense{list(config.head.dense)}" if config.head.dense else ""
     )
-
