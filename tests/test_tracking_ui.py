@@ -15,7 +15,7 @@ import pytest
 
 from fer_lab import project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # 1-2 minutes of MLflow UI start-up
 
 
 def _free_port() -> int:

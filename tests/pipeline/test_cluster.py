@@ -12,7 +12,7 @@ import pytest
 
 from fer_lab import project
 from fer_lab.errors import ConfigError
-from fer_lab.pipeline import cluster, experiments
+from fer_lab.pipeline import cluster, experiments, runner
 from fer_lab.tracking import server
 
 # 03 + 04 at their smallest: two epochs of a two-block CNN, plain test-time evaluation.
@@ -94,7 +94,7 @@ def check_ray_experiment(result: experiments.ExperimentResult) -> None:
     assert max(start0, start1) < min(end0, end1)
 
 
-def test_the_team_server_keeps_runs_in_postgresql(team_server):
+def test_the_team_server_keeps_runs_in_postgresql(team_server, sample_dir, tmp_path):
     assert team_server.tracking_uri.startswith("http://127.0.0.1:")
     assert team_server.backend_store_uri.startswith("postgresql+psycopg2://")
     client = mlflow.MlflowClient(team_server.tracking_uri)
@@ -110,6 +110,14 @@ def test_the_team_server_keeps_runs_in_postgresql(team_server):
                                     {"run": run.info.run_id}).scalar()
     engine.dispose()
     assert stored == 42
+
+    result = runner.run_pipeline(data_dir=sample_dir, only=["01"], out_dir=tmp_path / "report",
+                                 overrides={"tracking_uri": team_server.tracking_uri, "work_dir": str(tmp_path / "work")})
+    assert result.ok and result.tracking_uri == team_server.tracking_uri
+    notebook_run = client.get_run(result.notebooks[0].run_id)
+    assert notebook_run.data.metrics["images"] > 0
+    assert "notebook/01_explore.html" in {item.path for item in client.list_artifacts(notebook_run.info.run_id, "notebook")}
+    assert any(Path(team_server.artifacts).rglob("01_explore.html"))  # stored by the server, not by the client
     with pytest.raises(ConfigError, match="already running"):
         server.start(Path(team_server.pg_data).parent, port=server.free_port())
 

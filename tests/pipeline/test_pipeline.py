@@ -1,11 +1,5 @@
 """The real notebook pipeline on the embedded sample: papermill executes, MLflow records."""
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -72,52 +66,6 @@ def test_explore_finds_the_injected_noise(ci_pipeline, sample_dir):
     assert metrics["near_constant_images"] >= kinds.get("blank", 0) > 0
     figures = _artifacts(client, run.info.run_id, "figures")
     assert {"figures/class_distribution.png", "figures/mean_faces.png", "figures/leaked_images.png"} <= figures
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None:
-                pytest.fail("mlflow server exited during start-up")
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail("mlflow server did not answer within 90 s")
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
-
-
-def test_pipeline_against_a_real_mlflow_server(mlflow_server, sample_dir, tmp_path):
-    result = runner.run_pipeline(
-        data_dir=sample_dir, only=["01"], out_dir=tmp_path / "report",
-        overrides={"tracking_uri": mlflow_server, "work_dir": str(tmp_path / "work")},
-    )
-    assert result.ok and result.tracking_uri == mlflow_server
-    client = MlflowClient(mlflow_server)
-    run = client.get_run(result.notebooks[0].run_id)
-    assert run.data.metrics["images"] > 0
-    assert "notebook/01_explore.html" in _artifacts(client, run.info.run_id, "notebook")
-    assert (tmp_path / "server-artifacts").is_dir()
 
 
 def test_the_demo_model_learns_the_sample(ci_pipeline):
