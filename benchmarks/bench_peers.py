@@ -24,7 +24,9 @@ no face detector runs: each model classifies the whole image.
 Reported per model: accuracy, macro-F1 and recall per class, and images/s: the wall-clock rate of
 preprocessing plus classification of the decoded pixels, after a warm-up batch that is not timed
 (file decoding is shared and excluded). The machine may be busy, so the CPU time of that same step is
-also reported (images per CPU second).
+also reported (images per CPU second). Below, each fer-lab row is paired with `fer` image by image: the
+images only one of the two gets right and McNemar's p on them (as 05_compare computes it), so a lead
+reads as more or less than chance.
 
 `fer`'s own requirements pull PyTorch (facenet-pytorch, for its optional MTCNN detector), moviepy
 and more, so it lives in a separate virtual environment and runs in a worker subprocess there
@@ -271,8 +273,8 @@ def predict_peer(peer_python: str, pixels: np.ndarray) -> Predictions:
                                float(result["seconds"]), float(result["cpu_seconds"]))
 
 
-def score(predictions: Predictions, targets: np.ndarray) -> Result:
-    """Accuracy, macro-F1 (over the classes present in `targets`) and recall per class.
+def predicted_classes(predictions: Predictions) -> np.ndarray:
+    """The index in CLASSES of each image's most probable class.
 
     Raises:
         SystemExit: when the model's labels are not the seven classes.
@@ -281,7 +283,31 @@ def score(predictions: Predictions, targets: np.ndarray) -> Result:
         sys.exit(f"bench_peers: {predictions.name} has labels {predictions.labels}, expected {CLASSES}")
     # Output column j is class labels[j]; map the argmax to its index in CLASSES.
     to_ours = np.array([CLASSES.index(label) for label in predictions.labels])
-    predicted = to_ours[predictions.probabilities.argmax(axis=1)]
+    return to_ours[predictions.probabilities.argmax(axis=1)]
+
+
+def paired_with_peer(ours: list[Predictions], peer: Predictions, targets: np.ndarray) -> list[dict[str, Any]]:
+    """McNemar's test of each fer-lab row against the peer on the same images: is the lead more than chance?"""
+    from fer_lab.analysis.compare import mcnemar_from_table
+
+    peer_right = predicted_classes(peer) == targets
+    rows = []
+    for predictions in ours:
+        right = predicted_classes(predictions) == targets
+        test = mcnemar_from_table(int((right & peer_right).sum()), int((right & ~peer_right).sum()),
+                                  int((~right & peer_right).sum()), int((~right & ~peer_right).sum()))
+        rows.append({"model": predictions.name, "only_ours": test.only_a, "only_peer": test.only_b,
+                     "p_value": test.p_value})
+    return rows
+
+
+def score(predictions: Predictions, targets: np.ndarray) -> Result:
+    """Accuracy, macro-F1 (over the classes present in `targets`) and recall per class.
+
+    Raises:
+        SystemExit: when the model's labels are not the seven classes.
+    """
+    predicted = predicted_classes(predictions)
     recall, f1 = {}, []
     for index, name in enumerate(CLASSES):
         actual, chosen = targets == index, predicted == index
@@ -338,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     pixels = read_pixels(files)
     # The peer first: a missing peer environment fails before the slow Keras and MLflow imports.
     peer = predict_peer(args.peer_python, pixels)
-    ours = [[score(row, targets) for row in predict_fer_lab(model, pixels, args.tta, args.tta_crop)]
-            for model in args.model]
+    our_predictions = [predict_fer_lab(model, pixels, args.tta, args.tta_crop) for model in args.model]
+    ours = [[score(row, targets) for row in rows] for rows in our_predictions]
     exported = [score(predict_exported(model, runtime, pixels, args.data), targets)
                 for model in args.model for runtime in args.export]
     means = []
@@ -349,9 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     results = [*(row for rows in ours for row in rows), *means, *exported, score(peer, targets)]
     print(f"FER2013 PrivateTest, {len(files)} images from {args.data}\n")
     print(markdown(results))
+    paired = paired_with_peer([row for rows in our_predictions for row in rows], peer, targets)
+    print(f"\n| paired with {peer.name} | right only here | right only in {peer.name} | McNemar p |\n|---|---:|---:|---:|")
+    print("\n".join(f"| {row['model']} | {row['only_ours']} | {row['only_peer']} | {row['p_value']:.2g} |" for row in paired))
     if args.out:
         args.out.write_text(json.dumps({"data": str(args.data), "images": len(files),
-                                        "models": [asdict(r) for r in results]}, indent=2) + "\n")
+                                        "models": [asdict(r) for r in results], "paired_with_peer": paired},
+                                       indent=2) + "\n")
         print(f"\nwrote {args.out}")
     return 0
 
