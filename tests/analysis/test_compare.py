@@ -268,6 +268,7 @@ def test_experiment_set_runs_variants_then_real_compare_notebook(tmp_path, write
     assert "every arm ran with one seed" in executed
 
 
+@pytest.mark.extended  # four arm runs and 05 through papermill; the single-seed set stays in the suite
 @pytest.mark.slow
 def test_a_set_with_seeds_runs_each_arm_per_seed_and_compares_arms_seed_by_seed(tmp_path, write_notebook) -> None:
     result = run_skill_set(tmp_path, write_notebook, overrides=", 03_train.run_name: recipe", seeds="seeds: [0, 3]\n")

@@ -44,6 +44,7 @@ def trained_with_skill(skill: int) -> list[str]:
     return list(runs["run_id"])
 
 
+@pytest.mark.extended  # three experiment-set runs of papermill notebooks
 @pytest.mark.slow
 def test_a_resumed_set_reuses_finished_variants_and_reruns_failed_or_changed_ones(tmp_path, write_notebook) -> None:
     notebooks = tmp_path / "notebooks"

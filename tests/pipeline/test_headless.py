@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 from mlflow import MlflowClient
 
 from fer_lab import project, tracking
@@ -28,6 +29,7 @@ def _fer_lab_train(*args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, cwd=project.ROOT, timeout=300)
 
 
+@pytest.mark.extended  # a minute: a training process, then 03 and 04 through papermill
 def test_a_headless_training_is_logged_and_evaluated_by_the_pipeline(sample_dir, tmp_path):
     work = tmp_path / "work"
     overrides = [f"work_dir={work}", *TINY]
