@@ -1,13 +1,15 @@
 """A fer-lab model vs the `fer` package's classifier on the same FER2013 PrivateTest images.
 
     python benchmarks/bench_peers.py --model MODEL [MODEL ...] [--data PATH] [--limit N]
-                                     [--tta none|flip|tencrop] [--export RUNTIME ...]
+                                     [--tta none|flip|tencrop] [--ensemble] [--export RUNTIME ...]
                                      [--peer-python PATH] [--out FILE.json]
 
 Several MODELs (a recipe trained with several seeds) are scored one after another and, below their
-rows, their mean: what a recipe is worth, not its luckiest seed. MODEL is a run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION` (labels from the
-MLflow model's metadata; tracking URI $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db) or a
-`.keras` file (labels: the seven classes in alphabetical order).
+rows, their mean: what a recipe is worth, not its luckiest seed. `--ensemble` also scores the average of
+their class probabilities, per view (plain, test-time averaged): what the models are worth together.
+MODEL is a run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION` (labels from the MLflow
+model's metadata; tracking URI $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db) or a `.keras` file
+(labels: the seven classes in alphabetical order).
 
 The images are the `PrivateTest_` files of `test/<class>/` in the Kaggle folder layout (3,589 in
 FER2013; `--limit N` keeps N of them, evenly spaced). They are already aligned 48x48 face crops, so
@@ -286,6 +288,21 @@ def predicted_classes(predictions: Predictions) -> np.ndarray:
     return to_ours[predictions.probabilities.argmax(axis=1)]
 
 
+def ensemble(name: str, members: list[Predictions]) -> Predictions:
+    """The average of several models' class probabilities, columns in CLASSES order; its time is theirs summed.
+
+    Raises:
+        SystemExit: when a model's labels are not the seven classes.
+    """
+    columns = []
+    for member in members:
+        if sorted(member.labels) != sorted(CLASSES):
+            sys.exit(f"bench_peers: {member.name} has labels {member.labels}, expected {CLASSES}")
+        columns.append(member.probabilities[:, [member.labels.index(label) for label in CLASSES]])
+    return Predictions(name, sum(columns) / len(columns), tuple(CLASSES), sum(m.seconds for m in members),
+                       sum(m.cpu_seconds for m in members))
+
+
 def paired_with_peer(ours: list[Predictions], peer: Predictions, targets: np.ndarray) -> list[dict[str, Any]]:
     """McNemar's test of each fer-lab row against the peer on the same images: is the lead more than chance?"""
     from fer_lab.analysis.compare import mcnemar_from_table
@@ -354,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Python of the environment with `fer` (default $FER_PEER_PYTHON or %(default)s)")
     parser.add_argument("--tta", choices=("none", "flip", "tencrop"), default="flip",
                         help="also score fer-lab's model with test-time averaging (default %(default)s)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="with several models, also score the average of their probabilities (per view)")
     parser.add_argument("--tta-crop", type=int, default=44, help="ten-crop side in pixels (default %(default)s)")
     parser.add_argument("--export", nargs="+", default=[], choices=EXPORT_RUNTIMES, metavar="RUNTIME",
                         help=f"also score each model exported by fer-lab export: {', '.join(EXPORT_RUNTIMES)}")
@@ -365,17 +384,23 @@ def main(argv: list[str] | None = None) -> int:
     # The peer first: a missing peer environment fails before the slow Keras and MLflow imports.
     peer = predict_peer(args.peer_python, pixels)
     our_predictions = [predict_fer_lab(model, pixels, args.tta, args.tta_crop) for model in args.model]
+    views = range(len(our_predictions[0]))  # plain, then test-time averaged
+    suffixes = ["", f" + {args.tta}"]
     ours = [[score(row, targets) for row in rows] for rows in our_predictions]
     exported = [score(predict_exported(model, runtime, pixels, args.data), targets)
                 for model in args.model for runtime in args.export]
-    means = []
-    if len(ours) > 1:  # one row per view (plain, then test-time averaged), over the models
-        means = [mean_result(f"fer-lab mean of {len(ours)}" + (" + " + args.tta if view else ""),
-                             [rows[view] for rows in ours]) for view in range(len(ours[0]))]
-    results = [*(row for rows in ours for row in rows), *means, *exported, score(peer, targets)]
+    means, ensembles = [], []
+    if len(args.model) > 1:
+        means = [mean_result(f"fer-lab mean of {len(ours)}{suffixes[view]}", [rows[view] for rows in ours])
+                 for view in views]
+        if args.ensemble:
+            ensembles = [ensemble(f"fer-lab ensemble of {len(ours)}{suffixes[view]}",
+                                  [rows[view] for rows in our_predictions]) for view in views]
+    results = [*(row for rows in ours for row in rows), *means, *(score(row, targets) for row in ensembles),
+               *exported, score(peer, targets)]
     print(f"FER2013 PrivateTest, {len(files)} images from {args.data}\n")
     print(markdown(results))
-    paired = paired_with_peer([row for rows in our_predictions for row in rows], peer, targets)
+    paired = paired_with_peer([*(row for rows in our_predictions for row in rows), *ensembles], peer, targets)
     print(f"\n| paired with {peer.name} | right only here | right only in {peer.name} | McNemar p |\n|---|---:|---:|---:|")
     print("\n".join(f"| {row['model']} | {row['only_ours']} | {row['only_peer']} | {row['p_value']:.2g} |" for row in paired))
     if args.out:
