@@ -275,32 +275,26 @@ def predict_peer(peer_python: str, pixels: np.ndarray) -> Predictions:
                                float(result["seconds"]), float(result["cpu_seconds"]))
 
 
-def predicted_classes(predictions: Predictions) -> np.ndarray:
-    """The index in CLASSES of each image's most probable class.
+def in_class_order(predictions: Predictions) -> np.ndarray:
+    """The class probabilities with column j the class CLASSES[j] (a model orders its outputs by its labels).
 
     Raises:
         SystemExit: when the model's labels are not the seven classes.
     """
     if sorted(predictions.labels) != sorted(CLASSES):
         sys.exit(f"bench_peers: {predictions.name} has labels {predictions.labels}, expected {CLASSES}")
-    # Output column j is class labels[j]; map the argmax to its index in CLASSES.
-    to_ours = np.array([CLASSES.index(label) for label in predictions.labels])
-    return to_ours[predictions.probabilities.argmax(axis=1)]
+    return predictions.probabilities[:, [predictions.labels.index(label) for label in CLASSES]]
+
+
+def predicted_classes(predictions: Predictions) -> np.ndarray:
+    """The index in CLASSES of each image's most probable class."""
+    return in_class_order(predictions).argmax(axis=1)
 
 
 def ensemble(name: str, members: list[Predictions]) -> Predictions:
-    """The average of several models' class probabilities, columns in CLASSES order; its time is theirs summed.
-
-    Raises:
-        SystemExit: when a model's labels are not the seven classes.
-    """
-    columns = []
-    for member in members:
-        if sorted(member.labels) != sorted(CLASSES):
-            sys.exit(f"bench_peers: {member.name} has labels {member.labels}, expected {CLASSES}")
-        columns.append(member.probabilities[:, [member.labels.index(label) for label in CLASSES]])
-    return Predictions(name, sum(columns) / len(columns), tuple(CLASSES), sum(m.seconds for m in members),
-                       sum(m.cpu_seconds for m in members))
+    """The average of several models' class probabilities, columns in CLASSES order; its time is theirs summed."""
+    return Predictions(name, sum(in_class_order(m) for m in members) / len(members), tuple(CLASSES),
+                       sum(m.seconds for m in members), sum(m.cpu_seconds for m in members))
 
 
 def paired_with_peer(ours: list[Predictions], peer: Predictions, targets: np.ndarray) -> list[dict[str, Any]]:
