@@ -1,12 +1,14 @@
 """A fer-lab model vs the `fer` package's classifier on the same FER2013 PrivateTest images.
 
     python benchmarks/bench_peers.py --model MODEL [MODEL ...] [--data PATH] [--limit N]
-                                     [--tta none|flip|tencrop] [--ensemble] [--export RUNTIME ...]
+                                     [--tta none|flip|tencrop ...] [--ensemble] [--export RUNTIME ...]
                                      [--peer-python PATH] [--out FILE.json]
 
 Several MODELs (a recipe trained with several seeds) are scored one after another and, below their
 rows, their mean: what a recipe is worth, not its luckiest seed. `--ensemble` also scores the average of
 their class probabilities, per view (plain, test-time averaged): what the models are worth together.
+`--tta` takes one choice for every model or one per model (a model trained on crops is scored with the
+ten crops it was made for, the others with their mirror), never `none` beside another choice.
 MODEL is a run id, `runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION` (labels from the MLflow
 model's metadata; tracking URI $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db) or a `.keras` file
 (labels: the seven classes in alphabetical order).
@@ -353,6 +355,15 @@ def markdown(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def tta_per_model(choices: list[str], models: int, parser: argparse.ArgumentParser) -> list[str]:
+    """One `--tta` choice per model: a single choice applies to all; `none` cannot mix with the others."""
+    if len(choices) not in (1, models):
+        parser.error(f"--tta takes one choice or one per model ({models}), got {len(choices)}")
+    if "none" in choices and set(choices) != {"none"}:
+        parser.error("--tta none cannot be mixed with flip or tencrop: every model needs the same rows")
+    return choices * models if len(choices) == 1 else choices
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, nargs="+",
@@ -363,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="use N evenly spaced PrivateTest images (default: all)")
     parser.add_argument("--peer-python", default=os.environ.get("FER_PEER_PYTHON", DEFAULT_PEER_PYTHON),
                         help="Python of the environment with `fer` (default $FER_PEER_PYTHON or %(default)s)")
-    parser.add_argument("--tta", choices=("none", "flip", "tencrop"), default="flip",
-                        help="also score fer-lab's model with test-time averaging (default %(default)s)")
+    parser.add_argument("--tta", nargs="+", choices=("none", "flip", "tencrop"), default=["flip"],
+                        help="also score fer-lab's models with test-time averaging: one choice for all, or one "
+                             "per model (default flip)")
     parser.add_argument("--ensemble", action="store_true",
                         help="with several models, also score the average of their probabilities (per view)")
     parser.add_argument("--tta-crop", type=int, default=44, help="ten-crop side in pixels (default %(default)s)")
@@ -372,14 +384,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"also score each model exported by fer-lab export: {', '.join(EXPORT_RUNTIMES)}")
     parser.add_argument("--out", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
+    ttas = tta_per_model(args.tta, len(args.model), parser)
 
     files, targets = private_test_files(args.data, args.limit)
     pixels = read_pixels(files)
     # The peer first: a missing peer environment fails before the slow Keras and MLflow imports.
     peer = predict_peer(args.peer_python, pixels)
-    our_predictions = [predict_fer_lab(model, pixels, args.tta, args.tta_crop) for model in args.model]
+    our_predictions = [predict_fer_lab(model, pixels, tta, args.tta_crop) for model, tta in zip(args.model, ttas)]
     views = range(len(our_predictions[0]))  # plain, then test-time averaged
-    suffixes = ["", f" + {args.tta}"]
+    suffixes = ["", " + " + "/".join(dict.fromkeys(ttas))]
     ours = [[score(row, targets) for row in rows] for rows in our_predictions]
     exported = [score(predict_exported(model, runtime, pixels, args.data), targets)
                 for model in args.model for runtime in args.export]
