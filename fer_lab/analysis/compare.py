@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from fer_lab import tracking
-from fer_lab.analysis.evaluate import evaluation_set_tag, metric_prefix
+from fer_lab.analysis.evaluate import evaluation_set_tag, metric_prefix, predictions_artifact
 from fer_lab.errors import ConfigError, DataError, FerLabWarning
 
 SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece",
@@ -286,10 +286,11 @@ def recall_differences(recall: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return recall.drop(columns=baseline).sub(recall[baseline], axis=0)
 
 
-def load_predictions(run_id: str, split: str = "test") -> pd.DataFrame:
-    """The per-image predictions 04_evaluate logged on `run_id` (artifact `predictions_<split>.csv`)."""
+def load_predictions(run_id: str, split: str = "test", *, tta: bool = False) -> pd.DataFrame:
+    """The per-image predictions 04_evaluate logged on `run_id`: `predictions_<split>.csv`, or with `tta`
+    those averaged over its test-time views."""
     try:
-        return tracking.load_csv_artifact(run_id, f"predictions_{split}.csv")
+        return tracking.load_csv_artifact(run_id, predictions_artifact(split, tta=tta))
     except DataError as error:
         raise DataError(f"{error}; run 04_evaluate on it first") from error
 
@@ -314,7 +315,7 @@ def mcnemar_against(predictions: Mapping[str, pd.DataFrame], baseline: str) -> d
     return {name: mcnemar(predictions[baseline], frame) for name, frame in predictions.items() if name != baseline}
 
 
-def _seeded(runs: pd.DataFrame) -> pd.DataFrame:
+def seeded_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Each run's arm, seed and display name; the seed from the `seed` tag, else the `seed` param."""
     seeds = runs.get("tags.seed", pd.Series(None, index=runs.index, dtype=object))
     if "params.seed" in runs:
@@ -324,7 +325,7 @@ def _seeded(runs: pd.DataFrame) -> pd.DataFrame:
 
 def has_seeds(runs: pd.DataFrame) -> bool:
     """Whether some arm among `runs` ran with two or more seeds, so it has a spread."""
-    seeded = _seeded(runs).dropna(subset=["seed"])
+    seeded = seeded_runs(runs).dropna(subset=["seed"])
     return bool((seeded.groupby("arm")["seed"].nunique() >= 2).any())
 
 
@@ -341,7 +342,7 @@ def seed_summary(runs: pd.DataFrame, split: str = "test",
         One row per arm, in order of first appearance, with columns `seeds` and `<metric> mean|sd|min|max`
         for the metrics the runs have.
     """
-    seeded = _seeded(runs)
+    seeded = seeded_runs(runs)
     prefix = metric_prefix(split)
     rows = []
     for arm, group in seeded.groupby("arm", sort=False):
@@ -368,7 +369,7 @@ def mcnemar_by_seed(runs: pd.DataFrame, predictions: Mapping[str, pd.DataFrame],
     Returns:
         One row per arm and seed both arms ran with predictions: accuracies, the discordant counts and p.
     """
-    seeded = _seeded(runs).set_index("name")
+    seeded = seeded_runs(runs).set_index("name")
     if baseline not in seeded.index:
         raise ConfigError(f"baseline run {baseline!r} is not among the compared runs")
     base_arm = seeded.loc[baseline, "arm"]

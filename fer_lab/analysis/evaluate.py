@@ -170,8 +170,9 @@ def summary_metrics(predictions: pd.DataFrame, labels: Sequence[str]) -> dict[st
         "macro_f1": float(skm.f1_score(y_true, y_pred, labels=[c for c in labels if (y_true == c).any()],
                                        average="macro", zero_division=0)),
         "balanced_accuracy": float(_balanced_accuracy(y_true, y_pred)),
-        "top2_accuracy": float(skm.top_k_accuracy_score(true_index, probs, k=min(2, len(labels)),
-                                                        labels=np.arange(len(labels)))),
+        # With two classes both are in the top 2 (and sklearn refuses two probability columns).
+        "top2_accuracy": float(skm.top_k_accuracy_score(true_index, probs, k=2, labels=np.arange(len(labels))))
+        if len(labels) > 2 else 1.0,
         "ece": expected_calibration_error(probs.max(axis=1), y_pred.to_numpy() == y_true.to_numpy()),
         "n_images": float(len(predictions)),
     }
@@ -343,6 +344,7 @@ class TtaResult:
     mode: str
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    predictions: pd.DataFrame | None = None  # from the averaged probabilities; None for mode none
 
     def summary(self, accuracy: float) -> str:
         """One line: the accuracy without and with averaging, or that averaging is off."""
@@ -366,13 +368,14 @@ def evaluate_tta(model: Any, pixels: np.ndarray, plain: pd.DataFrame, labels: Se
         batch_size: Images per model call.
 
     Returns:
-        The mode, metrics `accuracy_tta`, `macro_f1_tta` and `tta_gain` (none for mode none) and tag `tta`.
+        The mode, metrics `accuracy_tta`, `macro_f1_tta` and `tta_gain` (none for mode none), tag `tta`
+        and the averaged predictions frame.
     """
     if mode == "none":
         return TtaResult(mode)
     averaged = predict_probabilities(model, pixels, batch_size=batch_size, tta=mode, crop=crop)
-    _, gain = tta_report(plain, averaged, labels)
-    return TtaResult(mode, gain, {"tta": mode + (f"@{crop}px" if mode == "tencrop" else "")})
+    predictions, gain = tta_report(plain, averaged, labels)
+    return TtaResult(mode, gain, {"tta": mode + (f"@{crop}px" if mode == "tencrop" else "")}, predictions)
 
 
 def tta_report(plain: pd.DataFrame, averaged_probabilities: np.ndarray,
@@ -423,6 +426,12 @@ def headline_table(headline: dict[str, float], leakage: dict[str, float]) -> pd.
     names = [*headline, "accuracy_without_leaked", "leaked_images"]
     values = [*headline.values(), leakage["accuracy_without_leaked"], leakage["leaked_images"]]
     return pd.DataFrame({"metric": names, "value": values})
+
+
+def predictions_artifact(split: str, *, tta: bool = False) -> str:
+    """The file 04_evaluate logs its per-image predictions of `split` in; with `tta`, those averaged over
+    the test-time views (only when `tta` is not none)."""
+    return f"predictions_{split}{'_tta' if tta else ''}.csv"
 
 
 def evaluation_set_tag(split: str) -> str:

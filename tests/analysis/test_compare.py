@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fer_lab import project, tracking
-from fer_lab.analysis import compare, evaluate
+from fer_lab.analysis import compare, ensembles, evaluate
 from fer_lab.errors import ConfigError, FerLabError
 from fer_lab.pipeline import experiments, runner
 from fer_lab.training import schedule
@@ -220,6 +220,9 @@ for step, value in enumerate([0.3, 0.4 + 0.1 * skill]):
 labels = ["a", "b"] * 10
 preds = [label if i < 10 + 5 * skill + seed else "a" for i, label in enumerate(labels)]
 frame = pd.DataFrame({"path": [f"img{i}.png" for i in range(20)], "sha1": "", "label": labels, "pred": preds})
+confidence = 0.6 + 0.1 * seed  # a higher seed is surer of its predictions, so it wins where two seeds disagree
+frame["prob_a"] = [confidence if pred == "a" else 1 - confidence for pred in preds]
+frame["prob_b"] = 1 - frame["prob_a"]
 right = frame["label"] == frame["pred"]
 mlflow.log_metrics({"test_accuracy": right.mean(), "test_recall_a": right[frame["label"] == "a"].mean(),
                     "test_recall_b": right[frame["label"] == "b"].mean()})
@@ -292,6 +295,10 @@ def test_a_set_with_seeds_runs_each_arm_per_seed_and_compares_arms_seed_by_seed(
     assert by_seed["only_baseline_correct"].tolist() == [0, 0] and by_seed["only_arm_correct"].tolist() == [5, 4]
     executed = result.compare.notebooks[0].notebook.read_text()
     assert "Arms over seeds" in result.compare.index.read_text() and "low@seed3" in executed
+    together = ensembles.arm_ensembles(runs)  # low's seeds disagree on images 10-12; seed 3 is surer and right
+    assert together.loc["low", "accuracy"] == pytest.approx(0.8) and together.loc["high", "accuracy"] == 1.0
+    assert together.loc["low", "runs' mean accuracy"] == pytest.approx(0.775)
+    assert "their probabilities averaged" in result.compare.index.read_text()
 
 
 def test_seeded_sets_refuse_seeds_they_cannot_run(tmp_path) -> None:

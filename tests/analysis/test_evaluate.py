@@ -80,6 +80,13 @@ def test_summary_metrics(predictions: pd.DataFrame) -> None:
     assert summary["n_images"] == 10
 
 
+def test_a_two_class_model_is_summarised_too() -> None:
+    rows = pd.DataFrame({"path": ["x.png", "y.png", "z.png"], "label": ["yes", "no", "no"]})
+    two = evaluate.predictions_frame(rows, np.array([[0.2, 0.8], [0.7, 0.3], [0.1, 0.9]]), ["no", "yes"])
+    summary = evaluate.summary_metrics(two, ["no", "yes"])
+    assert summary["accuracy"] == pytest.approx(2 / 3) and summary["top2_accuracy"] == 1.0
+
+
 def test_unknown_true_label_is_an_error(predictions: pd.DataFrame) -> None:
     predictions.loc[0, "label"] = "contempt"
     with pytest.raises(FerLabError, match="contempt"):

@@ -3,7 +3,8 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fer_lab import project
+from fer_lab import project, tracking
+from fer_lab.analysis import compare, ensembles
 from fer_lab.pipeline import notebook, runner
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,20 @@ def test_ci_pipeline_is_tracked_in_mlflow(ci_pipeline, sample_dir):
         if "data_dir" in notebook.declared_parameters(project.NOTEBOOKS_DIR / f"{nb.name}.ipynb"):
             assert run.data.params["data_dir"] == str(sample_dir)
         assert f"notebook/{nb.name}.ipynb" in _artifacts(client, nb.run_id, "notebook")
+
+
+def test_evaluation_logs_plain_and_test_time_averaged_predictions(ci_pipeline):
+    client = MlflowClient(ci_pipeline.tracking_uri)
+    run_ids = {nb.name: nb.run_id for nb in ci_pipeline.notebooks}
+    files = {"predictions_test.csv", "predictions_test_tta.csv"}
+    assert files <= _artifacts(client, run_ids["04_evaluate"]) and files <= _artifacts(client, run_ids["03_train"])
+    tracking.configure(ci_pipeline.tracking_uri)
+    averaged = compare.load_predictions(run_ids["03_train"], tta=True)
+    metrics = client.get_run(run_ids["03_train"]).data.metrics
+    assert compare.accuracy_from_predictions(averaged) == metrics["test_accuracy_tta"]
+    # averaging a run with itself gives the run back: the files hold what 04 scored
+    itself = ensembles.average_predictions([averaged, averaged])
+    assert itself["pred"].tolist() == averaged["pred"].tolist()
 
 
 def test_explore_finds_the_injected_noise(ci_pipeline, sample_dir):
