@@ -25,7 +25,7 @@ SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy",
 
 
 class MissingPredictionsWarning(FerLabWarning):
-    """A compared run has no logged predictions, so it is left out of McNemar's test."""
+    """A compared run has no logged predictions (of some view), so it is left out of McNemar's test or an ensemble."""
 
 
 # Below this many discordant pairs the chi-square approximation is poor, so the exact test is reported.

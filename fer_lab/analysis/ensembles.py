@@ -57,13 +57,14 @@ def average_predictions(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
         aligned = frame.drop_duplicates("path").set_index("path").reindex(first["path"])
         disagree = aligned["label"].to_numpy() != first["label"].to_numpy()
         if disagree.any():
-            raise DataError(f"predictions {number} label {first['path'][disagree].iloc[0]} otherwise than the first")
+            raise DataError(f"predictions {number} give {first['path'][disagree].iloc[0]} another true label than the first")
         total += evaluate.probability_matrix(aligned, classes)
     return evaluate.predictions_frame(first, total / len(frames), classes)
 
 
 def _view_row(run_ids: Sequence[str], split: str, tta: bool, suffix: str) -> dict[str, float]:
-    """The ensemble's and its members' mean accuracy and macro-F1 in one view; empty when a run lacks it."""
+    """The ensemble's accuracy and macro-F1 and its runs' mean and best accuracy in one view; empty (with a
+    warning) when a run did not log that view."""
     try:
         frames = [compare.load_predictions(run_id, split, tta=tta) for run_id in run_ids]
         ensemble = average_predictions(frames)

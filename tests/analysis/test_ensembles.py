@@ -36,7 +36,7 @@ def test_averaging_two_runs_rights_what_each_got_wrong_with_less_confidence() ->
     (lambda frame: frame.drop(columns=["prob_a", "prob_b", "prob_c"]), "prob_<class>"),
     (lambda frame: frame.rename(columns={"prob_c": "prob_d"}), "classes"),
     (lambda frame: frame.iloc[:3], "other images"),
-    (lambda frame: frame.assign(label=["a", "a", "a", "b"]), "img1.png"),
+    (lambda frame: frame.assign(label=["a", "a", "a", "b"]), "img1.png another true label"),
 ])
 def test_averaging_refuses_runs_scored_on_other_images_or_classes(change, message) -> None:
     with pytest.raises(DataError, match=message):
