@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
     register.set_defaults(handler=commands.register)
 
+    ensemble = subcommands.add_parser("ensemble", help="log several trained models as one (their class probabilities "
+                                                    "averaged) in a new MLflow run, to evaluate, apply or export")
+    ensemble.add_argument("models", nargs="+", metavar="MODEL",
+                          help="two or more: run id, runs:/<id>/model, models:/<name>@<alias>, "
+                               "models:/<name>/<version> or a .keras file written by fer-lab; the same classes and input")
+    ensemble.add_argument("--name", default="ensemble", help="the new run's name (default ensemble)")
+    ensemble.add_argument("--experiment", default="fer-lab", help="MLflow experiment of the new run (default fer-lab)")
+    ensemble.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    ensemble.set_defaults(handler=commands.ensemble)
+
     export = subcommands.add_parser("export", help="write a model as ONNX or TFLite (runs without fer-lab) with a "
                                                 "JSON contract: labels, input, output, source")
     export.add_argument("model", help="run id, runs:/<id>/model, models:/<name>@<alias>, models:/<name>/<version> "

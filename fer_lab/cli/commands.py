@@ -156,6 +156,28 @@ def register(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensemble(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fer_lab import tracking
+    from fer_lab.training import ensemble as ensembles
+
+    ensembles.check_member_count(len(args.models))
+    uri = tracking.configure(args.tracking_uri)
+    loaded = [tracking.load_reference(reference) for reference in args.models]
+    model = ensembles.average_models([member for member, _, _ in loaded], [labels for _, labels, _ in loaded],
+                                     names=args.models)
+    member_runs = [ref.run_id for _, _, ref in loaded]
+    # What the members were trained with, where they all agree: 04's ten-crop takes its crop side from it.
+    params = ensembles.shared_params([tracking.run_params(run) for run in member_runs]) if all(member_runs) else {}
+    run_id, model_uri = tracking.log_model_run(
+        model, loaded[0][1], experiment=args.experiment, run_name=args.name,
+        params={**params, "members": ", ".join(args.models)},
+        tags={"ensemble_of": ", ".join(ref.run_id or ref.uri for _, _, ref in loaded)})
+    print(f"logged the average of {len(loaded)} models as run {run_id} ({model_uri}) in {uri}")
+    print(f"evaluate it: fer-lab run --only 04 -p 04_evaluate.model_run_id={run_id}")
+    return 0
+
+
 def export(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fer_lab import runtime

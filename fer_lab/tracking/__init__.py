@@ -17,7 +17,7 @@ from typing import Any
 _EXPORTS = {
     "find_runs": "lookup", "load_csv_artifact": "lookup", "metric_history": "lookup",
     "resolve_training_run": "lookup", "run_params": "lookup", "training_run_of": "lookup",
-    "load_model": "models", "load_run_model": "models", "log_model": "models",
+    "load_model": "models", "load_run_model": "models", "log_model": "models", "log_model_run": "models",
     "DEFAULT_EXPERIMENT": "store", "METRICS_PER_REQUEST": "store", "MODEL_ARTIFACT": "store",
     "PROGRESS_BAR_VARIABLE": "store", "TRAIN_NOTEBOOK": "store", "UNFINISHED": "store",
     "active_parent_run_id": "store", "active_run_id": "store", "base_tags": "store", "configure": "store",

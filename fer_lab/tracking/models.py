@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import mlflow
@@ -11,7 +11,7 @@ import numpy as np
 from fer_lab._native import import_tensorflow
 from fer_lab._shared import one_line
 from fer_lab.errors import ConfigError
-from fer_lab.tracking.store import MODEL_ARTIFACT, configure
+from fer_lab.tracking.store import MODEL_ARTIFACT, base_tags, configure, experiment_id, log_params
 
 
 def log_model(model: Any, labels: Sequence[str]) -> str:
@@ -37,6 +37,20 @@ def log_model(model: Any, labels: Sequence[str]) -> str:
         pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
     )
     return info.model_uri
+
+
+def log_model_run(model: Any, labels: Sequence[str], *, experiment: str, run_name: str,
+                  params: Mapping[str, Any], tags: Mapping[str, str]) -> tuple[str, str]:
+    """A new, finished run of `experiment` holding `model` (as `log_model` logs it), `params` and `tags`.
+
+    Returns:
+        The run's id and its model's URI.
+    """
+    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name) as run:
+        mlflow.set_tags({**base_tags(), **tags})
+        log_params(params)
+        uri = log_model(model, labels)
+    return run.info.run_id, uri
 
 
 def load_model(uri: str, failure: str = "") -> tuple[Any, dict[str, Any]]:
