@@ -2,12 +2,14 @@
 
 A kernel's start and imports (MLflow, pandas, TensorFlow) take 8-15 s per notebook, mostly on one core.
 Started early, they overlap the notebooks before it: `make demo` went from 235 s to about 105 s on two
-cores (with the parameters read without papermill). `noted_interrupts` keeps Ctrl-C reliable meanwhile.
+cores (with the parameters read without papermill). `noted_interrupts` keeps Ctrl-C reliable meanwhile, and
+`quiet_kernel_deaths` keeps a kernel's end out of the output as tracebacks: the runner reports it in one line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import signal
 import threading
@@ -166,3 +168,29 @@ def noted_interrupts() -> Iterator[list[int]]:
     finally:
         for number, handler in wrapped.items():
             signal.signal(number, handler)
+
+
+class _KernelDeathNoise(logging.Filter):
+    """Drops nbclient's word that a kernel died: the runner reports each notebook's end in one line.
+
+    Stopping a pipeline (Ctrl-C, SIGTERM) stops its kernel under a cell nbclient still polls; the poll ends
+    with an error nobody retrieves, which asyncio would print as a traceback when it is collected.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if type(error).__name__ == "DeadKernelError":
+            return False
+        return record.getMessage() != "Kernel died while waiting for execute reply."
+
+
+def quiet_kernel_deaths() -> None:
+    """Keep nbclient's reports of a dead kernel out of this process's output (once per process).
+
+    Installed for the rest of the process: asyncio reports an unretrieved error only when its task is collected,
+    which can be after the pipeline returned.
+    """
+    for name in ("asyncio", "papermill"):  # papermill's logger is the one nbclient logs to
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _KernelDeathNoise) for existing in logger.filters):
+            logger.addFilter(_KernelDeathNoise())

@@ -271,6 +271,7 @@ def run_pipeline(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # MLflow's download bars would fill the executed notebooks that reviewers read.
     os.environ.setdefault(tracking.PROGRESS_BAR_VARIABLE, "false")
+    kernels.quiet_kernel_deaths()
     pool = kernels.Kernels(selected, kernels.kernel_name(), notebooks_dir)
     interrupted = False
     with kernels.noted_interrupts() as noted:
