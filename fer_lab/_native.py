@@ -5,9 +5,9 @@ TensorFlow logs through absl before absl's logging is initialised, and absl then
 fd 2 whatever TF_CPP_MIN_LOG_LEVEL says (abseil-cpp pull requests 1718 and 1957). Measured with TensorFlow
 2.21 on a machine without a GPU: TF_CPP_MIN_LOG_LEVEL=2 leaves five lines (twice "WARNING: All log messages
 before absl::InitializeLog() ..." and "cudart_stub.cc ... Could not find cuda drivers", once "cuda_platform.cc
-... failed call to cuInit"); 3 removes only the cuInit line; CUDA_VISIBLE_DEVICES="" removes none. So the import
-and the first device query run with fd 2 sent to a file, and what was written there, less those known lines,
-is written back to stderr.
+... failed call to cuInit"), and on some CPUs twice "port.cc ... oneDNN custom operations are on"; 3 removes
+only the cuInit line; CUDA_VISIBLE_DEVICES="" removes none. So the import and the first device query run with
+fd 2 sent to a file, and what was written there, less those known lines, is written back to stderr.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ _ABSL_LINE = r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ "
 NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rf"|{_ABSL_LINE}(cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn|cuda_fft|cuda_blas)\.cc:\d+\].*"
+    # on CPUs where TensorFlow's oneDNN custom operations are on (seen 2026-12-02 on an AMD EPYC 2-core machine)
+    rf"|{_ABSL_LINE}port\.cc:\d+\] oneDNN custom operations are on\..*"
     # MediaPipe's face detector, on its first frame: TensorFlow Lite's note about its model's signatures
     rf"|{_ABSL_LINE}inference_feedback_manager\.cc:\d+\] Feedback manager requires a model with a single signature.*"
     # TensorFlow Lite (MediaPipe's detector, a model's TFLite copy) when its interpreter first runs
