@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 # absl's line format: severity and date (0000 before initialisation), time, thread id, source file:line]
@@ -92,6 +93,16 @@ def accelerator() -> str:
     tf = import_tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
     return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else ""
+
+
+def cpu_computes_bfloat16() -> bool:
+    """Whether this machine's CPU has bfloat16 arithmetic units (x86 AVX512-BF16 or AMX, Arm BF16), from
+    /proc/cpuinfo; False where that file is missing (not Linux)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def import_tensorflow() -> ModuleType:
