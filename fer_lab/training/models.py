@@ -397,7 +397,12 @@ def float32_copy(model: keras.Model) -> keras.Model:
     serialized = keras.saving.serialize_keras_object(model)
     if not _set_float32(serialized):
         return model
-    copy = keras.saving.deserialize_keras_object(serialized)
+    caller_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # nested models take the global policy, not a saved one
+    try:
+        copy = keras.saving.deserialize_keras_object(serialized)
+    finally:
+        keras.mixed_precision.set_global_policy(caller_policy)
     copy.set_weights(model.get_weights())
     return copy
 

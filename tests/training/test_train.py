@@ -248,6 +248,30 @@ def _completed_epochs(checkpoint_dir: Path) -> int:
         return 0
 
 
+def test_bfloat16_training_gives_a_float32_model_and_leaves_the_policy_as_it_was(tmp_path, monkeypatch):
+    import keras
+
+    from fer_lab import _native
+
+    # Every CPU computes mixed bfloat16 in Keras, natively or not; pretend this one does natively.
+    monkeypatch.setattr(_native, "cpu_computes_bfloat16", lambda: True)
+    assert train.precision_policy("bfloat16") == "mixed_bfloat16" and train.precision_policy("false") == "float32"
+    rows, pixels = toy_rows(64, 16)
+    config = tiny_config(phases=[{"name": "all", "epochs": 1}], mixed_precision="bfloat16", ema=0.9)
+    train_split, val_split, _ = splits.make_splits(rows, pixels, LABELS, config)
+    result = train.train(config, train_split, val_split, LABELS, tmp_path, run_id="a", log=lambda line: None)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    trained = keras.models.load_model(tmp_path / train.LAST_MODEL)
+    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in trained.layers}
+    saved = keras.models.load_model(tmp_path / train.BEST_MODEL)
+    for model in (result.model, saved):
+        assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    batch = pixels[-4:, :, :, None].astype(np.float32)
+    np.testing.assert_allclose(saved.predict(batch, verbose=0), result.model.predict(batch, verbose=0), atol=1e-6)
+    with pytest.raises(ConfigError, match="mixed_precision must be one of auto, true, false, bfloat16, not 'half'"):
+        tiny_config(mixed_precision="half")
+
+
 def test_sigkilled_training_resumes_in_the_same_run_without_redoing_epochs(tmp_path):
     script = tmp_path / "resumable.py"
     script.write_text(RESUMABLE_SCRIPT)
