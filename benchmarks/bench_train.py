@@ -1,6 +1,7 @@
 """Training throughput of the recipes: the real input pipeline vs ready tensors, and the share of the machine used.
 
-    python benchmarks/bench_train.py [--data PATH] [--recipes params/fer2013-cpu.yaml,...] [--steps 40] [--rounds 3] [--xla]
+    python benchmarks/bench_train.py [--data PATH] [--recipes params/fer2013-cpu.yaml,...] [--steps 40] [--rounds 3]
+                                     [--xla] [--bfloat16]
 
 For each recipe (a params file; its 03_train parameters over the notebook's defaults) the same compiled
 model trains for `--steps` steps on
@@ -11,6 +12,9 @@ model trains for `--steps` steps on
             pipeline and stacks the batch (the common Keras pattern);
   xla       with --xla, `tensors` through a second copy of the model compiled with XLA (`jit_compile`,
             which Keras leaves off on machines without an accelerator).
+  bfloat16  with --bfloat16, `tensors` through a copy of the model built in mixed bfloat16 (03_train's
+            `mixed_precision: bfloat16`), whether or not this CPU computes bfloat16 natively.
+The other modes train in the precision the recipe trains in on this machine (`train.precision_policy`).
 Modes are interleaved over `--rounds` rounds and the median is reported, because other processes
 share the CPU. Images/s is wall-clock; CPU ms/image (this process, all threads) is the cost that
 does not depend on what else runs. Pipeline overhead = how much slower `pipeline` is than `tensors`.
@@ -40,6 +44,7 @@ from fer_lab.training import augment, cost, datasets, models, schedule, train  #
 
 MODES = ("tensors", "pipeline", "naive")
 XLA_MODE = "xla"
+BFLOAT16_MODE = "bfloat16"
 TRAIN_NOTEBOOK = project.NOTEBOOKS_DIR / "03_train.ipynb"
 
 
@@ -86,7 +91,7 @@ def dataset_for(mode: str, pixels: np.ndarray, targets: np.ndarray, config: trai
     import tensorflow as tf
 
     batch_size = config.batch_size
-    if mode in ("tensors", XLA_MODE):
+    if mode in ("tensors", XLA_MODE, BFLOAT16_MODE):
         batch = (tf.constant(pixels[:batch_size, :, :, None].astype(np.float32)), tf.constant(targets[:batch_size]))
         return tf.data.Dataset.from_tensors(batch).repeat(steps)
     if mode == "pipeline":
@@ -96,9 +101,16 @@ def dataset_for(mode: str, pixels: np.ndarray, targets: np.ndarray, config: trai
     return naive_generator(pixels, targets, batch_size, config.augment, seed=round_)
 
 
-def compiled_model(config: train.TrainConfig, classes: int, steps: int, *, xla: bool = False) -> Any:
-    """The recipe's model compiled as 03_train compiles it, optionally with XLA."""
-    model = models.build_model(config.model, classes)
+def compiled_model(config: train.TrainConfig, classes: int, steps: int, *, xla: bool = False,
+                   policy: str = "") -> Any:
+    """The recipe's model compiled as 03_train compiles it, in its precision (or `policy`), optionally with XLA."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy or train.precision_policy(config.mixed_precision))
+    try:
+        model = models.build_model(config.model, classes)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     phase = schedule.Schedule.from_config([{"name": "all", "epochs": 1}]).plan()[0]
     schedule.compile_phase(model, phase, steps, freeze_batchnorm=False)
     model.jit_compile = xla
@@ -112,6 +124,8 @@ def bench_recipe(config: train.TrainConfig, pixels: np.ndarray, targets: np.ndar
     model_for = {mode: model for mode in modes}
     if XLA_MODE in modes:
         model_for[XLA_MODE] = compiled_model(config, targets.shape[1], steps, xla=True)
+    if BFLOAT16_MODE in modes:
+        model_for[BFLOAT16_MODE] = compiled_model(config, targets.shape[1], steps, policy="mixed_bfloat16")
     for mode in modes:  # warm-up: traces (and for XLA compiles) the train step for each input signature
         model_for[mode].fit(dataset_for(mode, pixels, targets, config, 3, 0), steps_per_epoch=3, epochs=1, verbose=0,
                             shuffle=False)
@@ -141,8 +155,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per mode and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--xla", action="store_true", help="also time ready tensors through an XLA-compiled copy")
+    parser.add_argument("--bfloat16", action="store_true", help="also time ready tensors through a mixed bfloat16 copy")
     args = parser.parse_args()
-    modes = MODES + ((XLA_MODE,) if args.xla else ())
+    modes = MODES + ((XLA_MODE,) if args.xla else ()) + ((BFLOAT16_MODE,) if args.bfloat16 else ())
     recipes = {name: recipe_config(name) for name in args.recipes.split(",")}
     largest_batch = max(config.batch_size for config in recipes.values())
     pixels, targets, epoch_images = load_images(args.data, largest_batch * args.steps * 2)
@@ -154,7 +169,7 @@ def main() -> None:
         result, flops = bench_recipe(config, pixels, targets, steps=args.steps, rounds=args.rounds, modes=modes)
         tensors, pipeline, naive = (result[mode] for mode in MODES)
         print(f"\n{name}: {models.describe(config.model)}, batch {config.batch_size}, "
-              f"{flops / 1e6:.0f} MFLOP/image forward")
+              f"{flops / 1e6:.0f} MFLOP/image forward, {train.precision_policy(config.mixed_precision)}")
         for mode in modes:
             rate = training_flops_per_s(flops, result[mode]["images_per_s"])
             print(f"  {mode:9s} {result[mode]['images_per_s']:7.1f} images/s   {result[mode]['cpu_ms_per_image']:6.2f} "
@@ -166,7 +181,8 @@ def main() -> None:
               f"{epoch_images / pipeline['images_per_s'] / 60:.1f} min")
         print(f"  ratios images/s pipeline:tensors {pipeline['images_per_s'] / tensors['images_per_s']:.3f}, "
               f"naive:tensors {naive['images_per_s'] / tensors['images_per_s']:.3f}"
-              + (f", xla:tensors {result[XLA_MODE]['images_per_s'] / tensors['images_per_s']:.3f}" if args.xla else ""))
+              + "".join(f", {mode}:tensors {result[mode]['images_per_s'] / tensors['images_per_s']:.3f}"
+                        for mode in modes if mode not in MODES))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -28,6 +28,9 @@ from fer_lab.errors import FerLabError
 from fer_lab.training import augment
 
 CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
+# Batches tf.data prepares at once and keeps ready: fixed, as tf.data's autotuning stalls epochs (`_fixed_pipeline`).
+PARALLEL_BATCHES = max(2, os.cpu_count() or 1)
+PREFETCH_BATCHES = 4
 LOADERS = ("auto", "tf.data", "threads", "processes")  # auto: tf.data on the TensorFlow backend, threads on others
 
 
@@ -223,9 +226,9 @@ def training_dataset(split: Split, *, batch_size: int, augmentation: augment.Aug
             tensor.set_shape(shape)
         return tuple(tensors)
 
-    return (tf.data.Dataset.range(steps)
-            .map(load_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(tf.data.AUTOTUNE))
+    return _fixed_pipeline(tf.data.Dataset.range(steps)
+                           .map(load_tensors, num_parallel_calls=PARALLEL_BATCHES, deterministic=True)
+                           .prefetch(PREFETCH_BATCHES))
 
 
 def eval_dataset(split: Split, batch_size: int = 256, loader: str = "auto") -> Any:
@@ -239,10 +242,25 @@ def eval_dataset(split: Split, batch_size: int = 256, loader: str = "auto") -> A
     import tensorflow as tf
 
     images = split.pixels[..., None]
-    return (tf.data.Dataset.from_tensor_slices((images, split.targets))
-            .batch(batch_size)
-            .map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    return _fixed_pipeline(tf.data.Dataset.from_tensor_slices((images, split.targets))
+                           .batch(batch_size)
+                           .map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=PARALLEL_BATCHES)
+                           .prefetch(PREFETCH_BATCHES))
+
+
+def _fixed_pipeline(dataset: Any) -> Any:
+    """`dataset` with tf.data's autotuning off: its parallelism and prefetch stay as given.
+
+    With autotuning on (tf.data.AUTOTUNE), an epoch of the 30-minute recipe often ended only at the next
+    wake-up of the autotuner's optimisation thread, whose period doubles from 10 ms to 60 s: epochs measured
+    exactly 81.9 s (10 ms x (2^13 - 1)) or 141.9 s (60 s later) for the same work that took 77-107 s in
+    others, and validation passes exactly 5.1 or 10.2 s.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def uses_tf_data(loader: str) -> bool:

@@ -93,6 +93,17 @@ def test_training_batches_are_augmented_shuffled_and_reproducible():
     assert not any(np.array_equal(augmented[0], image) for image in pixels[:100])  # altered, not copied
 
 
+def test_tf_data_pipelines_run_without_autotuning():
+    """Autotuning's optimisation thread held up the end of each epoch until its next wake-up (up to 60 s)."""
+    rows, pixels = toy_rows(40, 8)
+    split = datasets.make_split(rows.iloc[:40], pixels[:40], LABELS)
+    evaluated = datasets.eval_dataset(split)
+    trained = datasets.training_dataset(split, batch_size=16, augmentation=augment.AugmentConfig(), seed=0, epoch=1)
+    for dataset, images in ((evaluated, 40), (trained, 32)):  # training batches are whole: the last 8 wait
+        assert dataset.options().autotune.enabled is False
+        assert sum(len(batch[0]) for batch in dataset) == images
+
+
 def test_the_thread_loader_gives_the_batches_tf_data_gives():
     """Backends other than TensorFlow (JAX on a GPU machine) read batches from threads: the same batches."""
     import keras
