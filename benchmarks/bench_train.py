@@ -14,7 +14,7 @@ model trains for `--steps` steps on
             which Keras leaves off on machines without an accelerator).
   bfloat16  with --bfloat16, `tensors` through a copy of the model built in mixed bfloat16 (03_train's
             `mixed_precision: bfloat16`), whether or not this CPU computes bfloat16 natively.
-The other modes train in the precision the recipe trains in on this machine (`train.precision_policy`).
+The other modes train in the precision the recipe trains in on this machine (`precision.precision_policy`).
 Modes are interleaved over `--rounds` rounds and the median is reported, because other processes
 share the CPU. Images/s is wall-clock; CPU ms/image (this process, all threads) is the cost that
 does not depend on what else runs. Pipeline overhead = how much slower `pipeline` is than `tensors`.
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from fer_lab import data, project  # noqa: E402
 from fer_lab.data import synthetic  # noqa: E402
 from fer_lab.pipeline import notebook, runner  # noqa: E402
-from fer_lab.training import augment, cost, datasets, models, schedule, train  # noqa: E402
+from fer_lab.training import augment, cost, datasets, models, precision, schedule, train  # noqa: E402
 
 MODES = ("tensors", "pipeline", "naive")
 XLA_MODE = "xla"
@@ -106,7 +106,7 @@ def compiled_model(config: train.TrainConfig, classes: int, steps: int, *, xla: 
     """The recipe's model compiled as 03_train compiles it, in its precision (or `policy`), optionally with XLA."""
     import keras
 
-    keras.mixed_precision.set_global_policy(policy or train.precision_policy(config.mixed_precision))
+    keras.mixed_precision.set_global_policy(policy or precision.precision_policy(config.mixed_precision))
     try:
         model = models.build_model(config.model, classes)
     finally:
@@ -169,7 +169,7 @@ def main() -> None:
         result, flops = bench_recipe(config, pixels, targets, steps=args.steps, rounds=args.rounds, modes=modes)
         tensors, pipeline, naive = (result[mode] for mode in MODES)
         print(f"\n{name}: {models.describe(config.model)}, batch {config.batch_size}, "
-              f"{flops / 1e6:.0f} MFLOP/image forward, {train.precision_policy(config.mixed_precision)}")
+              f"{flops / 1e6:.0f} MFLOP/image forward, {precision.precision_policy(config.mixed_precision)}")
         for mode in modes:
             rate = training_flops_per_s(flops, result[mode]["images_per_s"])
             print(f"  {mode:9s} {result[mode]['images_per_s']:7.1f} images/s   {result[mode]['cpu_ms_per_image']:6.2f} "

@@ -387,41 +387,6 @@ def resolve_weights(backbone: str, weights: str | None, *, base_url: str | None 
         ) from error
 
 
-def float32_copy(model: keras.Model) -> keras.Model:
-    """`model` with every layer computing in float32 and the same weights; `model` itself when it already does.
-
-    A model trained under a mixed precision policy saves that policy with each layer, so it would also predict
-    in float16 or bfloat16 wherever it is loaded: slow on CPUs without those units, and not the numbers the
-    float32 exports (TFLite, ONNX) give. Its variables are float32 already, so the copy loses nothing.
-    """
-    serialized = keras.saving.serialize_keras_object(model)
-    if not _set_float32(serialized):
-        return model
-    caller_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")  # nested models take the global policy, not a saved one
-    try:
-        copy = keras.saving.deserialize_keras_object(serialized)
-    finally:
-        keras.mixed_precision.set_global_policy(caller_policy)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _set_float32(config: Any) -> bool:
-    """Rewrite every mixed dtype policy inside a serialized Keras object to float32; True if one was found."""
-    found = False
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
-            config["config"]["name"] = "float32"
-            return True
-        for value in config.values():
-            found = _set_float32(value) or found
-    elif isinstance(config, list):
-        for value in config:
-            found = _set_float32(value) or found
-    return found
-
-
 def count_params(model: keras.Model) -> dict[str, int]:
     """Trainable and frozen parameter counts."""
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)

@@ -25,7 +25,7 @@ import pandas as pd
 
 from fer_lab import _native
 from fer_lab.errors import ConfigError, FerLabError
-from fer_lab.training import augment, datasets, distillation, ema, models, schedule
+from fer_lab.training import augment, datasets, distillation, ema, models, precision, schedule
 
 STATE_FILE = "state.json"
 LAST_MODEL = "last.keras"
@@ -36,7 +36,6 @@ MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
                  "images_per_s", "val_time_s", "epoch_cpu_s", "phase", "cycle")
 PRECISION_TAG = "precision"  # the Keras dtype policy the epochs computed in (see precision_policy)
-PRECISIONS = ("auto", "true", "false", "bfloat16")
 TRAINED_ON_TAG = "trained_on"  # where the epochs ran ("jax NVIDIA H200", "tensorflow cpu"), from the history
 
 
@@ -77,8 +76,9 @@ class TrainConfig:
             raise ConfigError(f"ema must be a decay in [0, 1) (0: off), e.g. 0.999, not {self.ema}")
         if str(self.freeze_batchnorm).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"freeze_batchnorm must be auto, true or false, not {self.freeze_batchnorm!r}")
-        if str(self.mixed_precision).lower() not in PRECISIONS:
-            raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, not {self.mixed_precision!r}")
+        if str(self.mixed_precision).lower() not in precision.PRECISIONS:
+            raise ConfigError(f"mixed_precision must be one of {', '.join(precision.PRECISIONS)}, "
+                              f"not {self.mixed_precision!r}")
         distillation.check(self.teacher, self.distill)
         if not self.allow_untrained_head:
             schedule.check_head_phases(self.schedule, pretrained=self.model.pretrained)
@@ -144,21 +144,6 @@ class TrainResult:
     compiles: int  # how many times this call (re-)compiled the model: once per phase it started
 
 
-def precision_policy(mode: str) -> str:
-    """The Keras dtype policy that `mixed_precision` = `mode` trains with on this machine.
-
-    `auto`: mixed_float16 on a GPU, float32 on a CPU. `bfloat16`: mixed_bfloat16 where the device computes
-    bfloat16 natively (a GPU, or a CPU with AVX512-BF16 or AMX, where it trained the plain CNN 2.1x faster than
-    float32), else float32: emulated bfloat16 would be slower than float32.
-    """
-    mode = str(mode).lower()
-    if mode == "true" or (mode == "auto" and _native.accelerator()):
-        return "mixed_float16"
-    if mode == "bfloat16" and (_native.accelerator() or _native.cpu_computes_bfloat16()):
-        return "mixed_bfloat16"
-    return "float32"
-
-
 def train(
     config: TrainConfig,
     train_split: datasets.Split,
@@ -190,7 +175,7 @@ def train(
     run_id = run_id or active
     checkpoint_dir = Path(checkpoint_dir)
     state = _load_state(checkpoint_dir, config, run_id, log)
-    policy = precision_policy(config.mixed_precision)
+    policy = precision.precision_policy(config.mixed_precision)
     caller_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -395,7 +380,7 @@ def _float32_best(checkpoint_dir: Path) -> keras.Model:
     """best.keras, rewritten in float32 when it trained in mixed precision: what is logged, exported and
     evaluated then computes the same way on every device."""
     best = keras.models.load_model(checkpoint_dir / BEST_MODEL)
-    converted = models.float32_copy(best)
+    converted = precision.float32_copy(best)
     if converted is not best:
         partial = checkpoint_dir / "best.partial.keras"
         converted.save(partial)

@@ -86,20 +86,3 @@ def test_weights_file_must_exist_and_is_loaded_into_the_backbone(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert models.ModelConfig(weights=str(weights_file)).pretrained and not models.ModelConfig(weights="none").pretrained
 
-
-def test_a_mixed_precision_model_gets_a_float32_copy_with_the_same_weights():
-    import keras
-
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        mixed = models.build_model(models.ModelConfig(backbone="cnn", cnn=models.CnnConfig(widths=(8, 16))), 7)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in mixed.layers}
-    copy = models.float32_copy(mixed)
-    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
-    for ours, theirs in zip(copy.get_weights(), mixed.get_weights()):
-        np.testing.assert_array_equal(ours, theirs)
-    # bfloat16 keeps 8 bits of mantissa: the copy agrees with it to that precision, not to float32's
-    np.testing.assert_allclose(copy.predict(pixels(), verbose=0), mixed.predict(pixels(), verbose=0), atol=0.02)
-    assert models.float32_copy(copy) is copy

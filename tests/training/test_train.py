@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from fer_lab import plots, project, tracking
 from fer_lab.errors import ConfigError, FerLabError
-from fer_lab.training import augment, datasets, splits, train
+from fer_lab.training import augment, datasets, precision, splits, train
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -266,7 +266,7 @@ def test_bfloat16_training_gives_a_float32_model_and_leaves_the_policy_as_it_was
 
     # Every CPU computes mixed bfloat16 in Keras, natively or not; pretend this one does natively.
     monkeypatch.setattr(_native, "cpu_computes_bfloat16", lambda: True)
-    assert train.precision_policy("bfloat16") == "mixed_bfloat16" and train.precision_policy("false") == "float32"
+    assert precision.precision_policy("bfloat16") == "mixed_bfloat16"
     rows, pixels = toy_rows(64, 16)
     config = tiny_config(phases=[{"name": "all", "epochs": 1}], mixed_precision="bfloat16", ema=0.9)
     train_split, val_split, _ = splits.make_splits(rows, pixels, LABELS, config)
