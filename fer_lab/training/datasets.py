@@ -252,9 +252,9 @@ def _fixed_pipeline(dataset: Any) -> Any:
     """`dataset` with tf.data's autotuning off: its parallelism and prefetch stay as given.
 
     With autotuning on (tf.data.AUTOTUNE), an epoch of the 30-minute recipe often ended only at the next
-    wake-up of the autotuner's optimisation thread, whose period doubles from 10 ms to 60 s: epochs measured
-    exactly 81.9 s (10 ms x (2^13 - 1)) or 141.9 s (60 s later) for the same work that took 77-107 s in
-    others, and validation passes exactly 5.1 or 10.2 s.
+    wake-up of the autotuner's optimisation thread, whose period doubles from 10 ms to 60 s: the iterator's
+    destructor waits for that thread. Epochs measured exactly 81.9 s (10 ms x (2^13 - 1)) or 141.9 s (60 s
+    later) for the same work that took 77-145 s in the others (params/fer2013-cpu.yaml).
     """
     import tensorflow as tf
 

@@ -52,7 +52,8 @@ def _set_float32(config: Any) -> bool:
     """Rewrite every mixed dtype policy inside a serialized Keras object to float32; True if one was found."""
     found = False
     if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
+        name = str(config.get("config", {}).get("name", "")) if config.get("class_name") == "DTypePolicy" else ""
+        if name.startswith("mixed_"):
             config["config"]["name"] = "float32"
             return True
         for value in config.values():

@@ -35,7 +35,7 @@ LABELS_FILE = "labels.json"  # the class labels beside the checkpoints, as `trac
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
                  "images_per_s", "val_time_s", "epoch_cpu_s", "phase", "cycle")
-PRECISION_TAG = "precision"  # the Keras dtype policy the epochs computed in (see precision_policy)
+PRECISION_TAG = "precision"  # the Keras dtype policy the epochs computed in (see precision.precision_policy)
 TRAINED_ON_TAG = "trained_on"  # where the epochs ran ("jax NVIDIA H200", "tensorflow cpu"), from the history
 
 
