@@ -371,3 +371,56 @@ def test_evaluate_notebook_reports_leakage_figures_and_summary(evaluated_pipelin
     assert "Per-class metrics on test" in index and "04_3_confusion_normalized.png" in index
     compare_output = next(nb for nb in result.notebooks if nb.name == "05_compare").notebook.read_text()
     assert "1 run to compare; baseline tiny-cnn" in compare_output
+
+
+@pytest.mark.slow
+def test_split_all_scores_a_class_per_folder_dataset_without_a_test_split(evaluated_pipeline, sample_dir,
+                                                                           tmp_path) -> None:
+    """04 with `split: all` on another lab's folders: every readable image of a class the model knows is scored;
+    a class only the dataset has is left out with its count, and a class only the model has shows how often
+    the model predicted it."""
+    import shutil
+
+    import mlflow
+    from sklearn import metrics as skm
+
+    from fer_lab import data, tracking
+    from fer_lab.analysis import compare
+    from fer_lab.pipeline import runner
+
+    _, training_run, _, _ = evaluated_pipeline
+    external = tmp_path / "other-lab"
+    for folder, source in [("happiness", "happy"), ("sad", "sad"), ("angry", "angry"), ("contempt", "neutral")]:
+        (external / folder).mkdir(parents=True)
+        for image in sorted((sample_dir / "test" / source).glob("*.png"))[:4 if folder != "contempt" else 2]:
+            shutil.copy(image, external / folder / image.name)
+    (external / "sad" / "truncated.png").write_bytes(b"\x89PNG\r\n")
+    uri = mlflow.get_tracking_uri()
+    result = runner.run_pipeline(
+        data_dir=external, only=["04_evaluate"], out_dir=tmp_path / "report", log=lambda *_: None,
+        overrides={"tracking_uri": uri, "work_dir": str(tmp_path / "work"), "experiment": "evaluate-test",
+                   "04_evaluate.model_run_id": training_run, "04_evaluate.split": "all"},
+    )
+    assert result.ok, [nb.error for nb in result.notebooks if not nb.ok]
+
+    evaluation_run = _run_of(result, "04_evaluate")
+    predictions = compare.load_predictions(evaluation_run, "all")
+    readable = [path for folder in ("happiness", "sad", "angry") for path in (external / folder).glob("*.png")
+                if path.name != "truncated.png"]
+    assert sorted(predictions["path"]) == sorted(str(path.relative_to(external)) for path in readable)
+    assert set(predictions["label"]) == {"happy", "sad", "angry"}
+    labels = list(data.CLASSES)
+    logged = mlflow.MlflowClient().get_run(evaluation_run).data.metrics
+    assert logged["eval_all_accuracy"] == pytest.approx(skm.accuracy_score(predictions["label"], predictions["pred"]))
+    recall = skm.recall_score(predictions["label"], predictions["pred"], labels=labels, average=None, zero_division=0)
+    assert logged["eval_all_recall_happy"] == pytest.approx(recall[labels.index("happy")])
+    assert "eval_all_macro_f1" in logged
+
+    coverage = tracking.load_csv_artifact(evaluation_run, "tables/class_coverage_all.csv").set_index("class")
+    assert coverage.loc["contempt", ["images", "model_knows"]].tolist() == [2, False]
+    assert coverage.loc["contempt", "note"] == "left out: the model does not know this class"
+    assert coverage.loc["disgust", ["images", "in_dataset"]].tolist() == [0, False]
+    assert coverage.loc["disgust", "predicted"] == (predictions["pred"] == "disgust").sum()
+    assert coverage.loc["happy", "images"] == 4
+    executed = result.notebooks[0].notebook.read_text()
+    assert "2 images have classes the model does not know and are left out: ['contempt']" in executed
