@@ -29,6 +29,7 @@ import argparse
 import ast
 import os
 import statistics
+import sys
 import time
 from typing import Any, Iterator
 
@@ -39,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from fer_lab import data, project  # noqa: E402
 from fer_lab.data import synthetic  # noqa: E402
+from fer_lab.errors import FerLabError  # noqa: E402
 from fer_lab.pipeline import notebook, runner  # noqa: E402
 from fer_lab.training import augment, cost, datasets, models, precision, schedule, train  # noqa: E402
 
@@ -158,9 +160,12 @@ def main() -> None:
     parser.add_argument("--bfloat16", action="store_true", help="also time ready tensors through a mixed bfloat16 copy")
     args = parser.parse_args()
     modes = MODES + ((XLA_MODE,) if args.xla else ()) + ((BFLOAT16_MODE,) if args.bfloat16 else ())
-    recipes = {name: recipe_config(name) for name in args.recipes.split(",")}
-    largest_batch = max(config.batch_size for config in recipes.values())
-    pixels, targets, epoch_images = load_images(args.data, largest_batch * args.steps * 2)
+    try:
+        recipes = {name: recipe_config(name) for name in args.recipes.split(",")}
+        largest_batch = max(config.batch_size for config in recipes.values())
+        pixels, targets, epoch_images = load_images(args.data, largest_batch * args.steps * 2)
+    except FerLabError as error:
+        sys.exit(f"bench_train: {error}")
     matmul = cost.matmul_flops_per_s()
     print(f"{epoch_images} training images, {args.steps} steps x {args.rounds} rounds per mode; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
